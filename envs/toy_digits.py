@@ -1,0 +1,57 @@
+"""A toy verifiable task that a tiny random-weight model can learn on a CPU in minutes.
+
+The model writes digits; the first `length` digits of its completion are the heights of a step function,
+scored with the first autocorrelation constant of AC1, C1 = 2n * max(a * a) / (sum a)^2 (lower is better,
+a flat sequence gives exactly 2). The reward is smooth: coverage * 2 / C1, where coverage = digits found /
+length, so a model first learns to write digits at all, then to shape them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.base import Env, State, VerifyResult, failed
+
+
+def autocorrelation_c1(heights: np.ndarray) -> float:
+    """C1 of the step function with these non-negative heights on n equal pieces."""
+    a = np.asarray(heights, dtype=np.float64)
+    total = a.sum()
+    return float(2 * len(a) * np.max(np.convolve(a, a)) / (total * total))
+
+
+@dataclass
+class ToyDigitsEnv(Env):
+    name: str = "toy_digits"
+    length: int = 12
+
+    def statement(self) -> str:
+        return (
+            f"Write {self.length} digits. They are the heights of a step function; "
+            "make its autoconvolution as flat as possible."
+        )
+
+    def parse(self, completion: str) -> str | None:
+        return completion
+
+    def verify(self, answer: str, state: State) -> VerifyResult:
+        digits = [int(c) for c in answer if "0" <= c <= "9"][: self.length]
+        if not digits:
+            return failed("format_error", "no digits in the answer")
+        heights = np.array(digits, dtype=np.float64)
+        if heights.sum() <= 0:
+            return failed("invalid", "all digits are zero: C1 is undefined", construction=digits)
+        c1 = autocorrelation_c1(heights)
+        coverage = len(digits) / self.length
+        status = "ok" if len(digits) == self.length else "invalid"
+        message = "" if status == "ok" else f"only {len(digits)} of {self.length} digits"
+        return VerifyResult(
+            status=status,
+            reward=coverage * 2.0 / c1,
+            score=c1,
+            value=-c1 if status == "ok" else None,
+            construction=digits,
+            message=message,
+        )

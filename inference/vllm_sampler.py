@@ -1,0 +1,90 @@
+"""In-process vLLM sampler with versioned LoRA hot-swap and processed (post-temperature/top-p) logprobs.
+
+Each adapter version gets a fresh lora_int_id (re-using an id would let vLLM serve cached old weights);
+the previous version is removed once the new one is resident. Every sample carries its version.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from inference.types import SampledSequence, SamplingParams
+
+
+class VLLMSampler:
+    def __init__(self, model_path: str, *, max_lora_rank: int = 8, dtype: str = "float32",
+                 max_model_len: int = 512, seed: int = 0, gpu_memory_utilization: float = 0.1,
+                 enforce_eager: bool = True, max_num_seqs: int = 64, **engine_kwargs):
+        from vllm import LLM
+
+        self.llm = LLM(model=model_path, enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1,
+                       max_cpu_loras=2, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+                       max_num_seqs=max_num_seqs, logprobs_mode="processed_logprobs", **engine_kwargs)
+        self.max_model_len = max_model_len
+        self._adapters: dict[int, object] = {}  # version -> LoRARequest
+        self.version: int | None = None  # None = base model
+
+    def get_tokenizer(self):
+        return self.llm.get_tokenizer()
+
+    def load_adapter(self, version: int, path: str) -> None:
+        """Make `path` the adapter that samples are drawn from, as `version`; retire older versions."""
+        from vllm.lora.request import LoRARequest
+
+        if version in self._adapters:
+            raise ValueError(f"adapter version {version} is already loaded: versions must be new")
+        request = LoRARequest(f"v{version}", version + 1, path)
+        if not self.llm.llm_engine.add_lora(request):
+            raise RuntimeError(f"vLLM refused adapter {path} (version {version})")
+        for old, old_request in list(self._adapters.items()):
+            self.llm.llm_engine.remove_lora(old_request.lora_int_id)
+            del self._adapters[old]
+        self._adapters[version] = request
+        self.version = version
+
+    def _lora(self, version: int | None):
+        if version is None:
+            return None
+        if version not in self._adapters:
+            raise ValueError(f"adapter version {version} is not loaded (loaded: {sorted(self._adapters)})")
+        return self._adapters[version]
+
+    def sample(self, prompts_P: Sequence[Sequence[int]], num_samples: int, params: SamplingParams,
+               seeds_P: Sequence[int | None] | None = None, version: int | None | str = "current",
+               ) -> list[list[SampledSequence]]:
+        """num_samples completions for each prompt, drawn with `version` (default: the newest)."""
+        from vllm import SamplingParams as VParams
+        from vllm.inputs import TokensPrompt
+
+        params.check()
+        version = self.version if version == "current" else version
+        seeds_P = list(seeds_P) if seeds_P is not None else [params.seed] * len(prompts_P)
+        for p, prompt in enumerate(prompts_P):
+            if len(prompt) + params.max_tokens > self.max_model_len:
+                raise ValueError(f"prompt {p} has {len(prompt)} tokens; with max_tokens {params.max_tokens} "
+                                 f"it exceeds max_model_len {self.max_model_len}: shorten it or raise max_model_len")
+        stop_strs = [s for s in (params.stop or []) if isinstance(s, str)] or None
+        stop_ids = [s for s in (params.stop or []) if isinstance(s, int)] or None
+        vparams = [VParams(n=num_samples, temperature=params.temperature, top_p=params.top_p,
+                           top_k=params.top_k if params.top_k > 0 else 0, max_tokens=params.max_tokens,
+                           seed=seed, logprobs=0, stop=stop_strs, stop_token_ids=stop_ids)
+                   for seed in seeds_P]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts_P], vparams,
+                                 lora_request=self._lora(version), use_tqdm=False)
+        return [[SampledSequence(tokens=list(c.token_ids),
+                                 logprobs=[lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)],
+                                 stop_reason="length" if c.finish_reason == "length" else "stop",
+                                 adapter_version=version, text=c.text)
+                 for c in out.outputs] for out in outs]
+
+    def compute_logprobs(self, tokens_T: Sequence[int], version: int | None | str = "current") -> list[float | None]:
+        """log p(token_t | tokens_<t) under `version`; entry 0 is None."""
+        from vllm import SamplingParams as VParams
+        from vllm.inputs import TokensPrompt
+
+        version = self.version if version == "current" else version
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=list(tokens_T))],
+                                VParams(max_tokens=1, prompt_logprobs=0, temperature=1.0),
+                                lora_request=self._lora(version), use_tqdm=False)[0]
+        return [None if d is None else d[t].logprob for d, t in zip(out.prompt_logprobs, tokens_T)]

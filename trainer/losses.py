@@ -1,0 +1,60 @@
+"""Tinker's built-in losses, token-level with SUM reduction (no means, no length normalisation).
+
+Per token t: lp_t = learner logprob of the target, q_t = sampler logprob, A_t = advantage, w_t = weight,
+r_t = exp(lp_t - q_t). Prompt tokens carry A = 0, q = 0 (w = 0 for SFT), so no extra mask is needed.
+Reference: ../shared/docs/TINKER_API.md section 5.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Which loss_fn_inputs each loss reads, besides target_tokens.
+LOSS_INPUTS: dict[str, tuple[str, ...]] = {
+    "cross_entropy": ("weights",),
+    "importance_sampling": ("logprobs", "advantages"),
+    "ppo": ("logprobs", "advantages"),
+    "cispo": ("logprobs", "advantages"),
+    "dro": ("logprobs", "advantages"),
+}
+CONFIG_DEFAULTS: dict[str, dict[str, float]] = {
+    "cross_entropy": {},
+    "importance_sampling": {},
+    "ppo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
+    "cispo": {"clip_low_threshold": 0.0, "clip_high_threshold": 4.0},
+    "dro": {"beta": 0.05},
+}
+UNSUPPORTED = {"gspo", "stable_reinforce", "custom"}
+
+
+def check_loss(loss_fn: str, config: dict | None) -> dict[str, float]:
+    """The full config for `loss_fn`; one clear error for unknown losses or config keys."""
+    if loss_fn in UNSUPPORTED:
+        raise ValueError(f"loss_fn {loss_fn!r} is not implemented here: use one of {sorted(LOSS_INPUTS)}")
+    if loss_fn not in LOSS_INPUTS:
+        raise ValueError(f"unknown loss_fn {loss_fn!r}: use one of {sorted(LOSS_INPUTS)}")
+    merged = dict(CONFIG_DEFAULTS[loss_fn])
+    for key, value in (config or {}).items():
+        if key not in merged:
+            raise ValueError(f"loss_fn_config key {key!r} is not used by {loss_fn}: allowed {sorted(merged)}")
+        merged[key] = float(value)
+    return merged
+
+
+def token_loss_sum(loss_fn: str, lp_T: torch.Tensor, inputs: dict[str, torch.Tensor],
+                   config: dict[str, float]) -> torch.Tensor:
+    """The summed loss of one datum's tokens. `lp_T` carries the gradient; inputs are constants."""
+    if loss_fn == "cross_entropy":
+        return -(inputs["weights"] * lp_T).sum()
+    q_T, adv_T = inputs["logprobs"], inputs["advantages"]
+    ratio_T = torch.exp(lp_T - q_T)
+    if loss_fn == "importance_sampling":
+        return -(ratio_T * adv_T).sum()
+    lo, hi = config.get("clip_low_threshold"), config.get("clip_high_threshold")
+    if loss_fn == "ppo":
+        return -torch.minimum(ratio_T * adv_T, ratio_T.clamp(lo, hi) * adv_T).sum()
+    if loss_fn == "cispo":
+        return -(ratio_T.clamp(lo, hi).detach() * lp_T * adv_T).sum()
+    if loss_fn == "dro":
+        return -(lp_T * adv_T - 0.5 * config["beta"] * (lp_T - q_T) ** 2).sum()
+    raise ValueError(f"unknown loss_fn {loss_fn!r}")
