@@ -22,6 +22,7 @@ class State:
     """A candidate solution that a prompt builds on (TTT-Discover state reuse).
 
     `value` is the buffer value (higher is better, e.g. -C1), `score` the task's own objective (e.g. C1).
+    `task_id` names the problem inside a multi-problem env (code, ARC); empty for single-problem envs.
     """
 
     code: str = ""
@@ -30,6 +31,7 @@ class State:
     value: float | None = None
     parent_score: float | None = None
     stdout_tail: str = ""
+    task_id: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,10 +1,21 @@
-"""Verification on Ray CPU workers (or in-process for tiny runs), results in submission order."""
+"""Verification on Ray CPU workers (or in-process threads), results in submission order.
+
+Deadlines: each evaluation enforces its own time limit inside the task (the sandbox kills the program's
+whole tree); the driver adds a backstop. Submissions are windowed to the CPUs available, so the backstop
+clock starts when a task can actually run, not while it queues (TTT-Discover known bug 4). Past the
+backstop the task is force-cancelled (its worker dies; sandboxes die with it via pdeathsig).
+Infrastructure failures (worker crash, OOM kill of the worker, lost node) are resubmitted a bounded number
+of times; program failures are final. Results are keyed by evaluation id and the first one wins, so a late
+duplicate can never overwrite a result.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from envs.base import Env, State, VerifyResult, failed
@@ -19,6 +30,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Ray's socket paths must stay short; a per-user dir under /tmp keeps them so.
     os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), f"ray_{os.getuid()}"))
+    # An OOM kill surfaces at once as OutOfMemoryError instead of silent re-runs; the driver retries boundedly.
     os.environ.setdefault("RAY_task_oom_retries", "0")
     kwargs: dict = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if address:
@@ -37,30 +49,126 @@ def _evaluate_one(env: Env, completion: str, state: State) -> VerifyResult:
     return result
 
 
+def _evaluate_keyed(env: Env, job_id: int, completion: str, state: State) -> tuple[int, VerifyResult]:
+    return job_id, _evaluate_one(env, completion, state)
+
+
+def _infra_errors() -> tuple[type, ...]:
+    import ray.exceptions as rex
+
+    names = ("WorkerCrashedError", "OutOfMemoryError", "NodeDiedError", "ObjectLostError", "RaySystemError",
+             "LocalRayletDiedError", "ObjectReconstructionFailedError", "OwnerDiedError")
+    return tuple(getattr(rex, n) for n in names if hasattr(rex, n))
+
+
 class VerifierPool:
     """Evaluate completions against an Env. backend='ray' spreads them over Ray workers."""
 
     def __init__(self, env: Env, backend: str = "ray", address: str | None = None,
-                 num_cpus: int | None = None, cpus_per_eval: float = 1.0):
+                 num_cpus: int | None = None, cpus_per_eval: float = 1.0, backstop_s: float | None = None,
+                 max_infra_retries: int = 2, progress: bool | None = None, progress_min: int = 32):
         if backend not in ("ray", "local"):
             raise ValueError(f"unknown verifier backend {backend!r}: use 'ray' or 'local'")
-        self.env, self.backend = env, backend
+        if not cpus_per_eval > 0:
+            raise ValueError(f"cpus_per_eval must be > 0, got {cpus_per_eval}")
+        self.env, self.backend, self.cpus_per_eval = env, backend, cpus_per_eval
+        limit = getattr(env, "timeout_s", None)
+        # the task's own limit + sandbox start-up + verification; only a hung task ever reaches it
+        self.backstop_s = backstop_s or ((1.25 * limit + 60.0) if limit else 600.0)
+        self.max_infra_retries, self.progress, self.progress_min = max_infra_retries, progress, progress_min
+        cpus = num_cpus or os.cpu_count() or 1
         if backend == "ray":
             import ray
 
             init_ray(address, num_cpus)
+            cpus = ray.cluster_resources().get("CPU", cpus)
             self._env_ref = ray.put(env)
-            self._remote = ray.remote(num_cpus=cpus_per_eval, max_retries=1)(_evaluate_one)
+            self._remote = ray.remote(num_cpus=cpus_per_eval, max_retries=0, retry_exceptions=False)(_evaluate_keyed)
+        self.slots = max(1, int(cpus // cpus_per_eval))
+
+    def _bar(self, n: int):
+        show = self.progress if self.progress is not None else n >= self.progress_min
+        if not show:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=n, desc=f"verify {getattr(self.env, 'name', 'env')}", leave=False, dynamic_ncols=True)
 
     def evaluate(self, completions: Sequence[str], states: Sequence[State]) -> list[VerifyResult]:
         if len(completions) != len(states):
             raise ValueError(f"{len(completions)} completions but {len(states)} states")
-        if self.backend == "local":
-            return [_evaluate_one(self.env, c, s) for c, s in zip(completions, states)]
-        import ray
+        bar = self._bar(len(completions))
+        try:
+            if self.backend == "local":
+                return self._evaluate_local(completions, states, bar)
+            return self._evaluate_ray(completions, states, bar)
+        finally:
+            if bar is not None:
+                bar.close()
 
-        refs = [self._remote.remote(self._env_ref, c, s) for c, s in zip(completions, states)]
-        return ray.get(refs)
+    def _evaluate_local(self, completions, states, bar) -> list[VerifyResult]:
+        def run(args):
+            result = _evaluate_one(self.env, *args)
+            if bar is not None:
+                bar.update(1)
+            return result
+
+        if self.slots == 1 or len(completions) <= 1:
+            return [run(args) for args in zip(completions, states)]
+        with ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="verify") as pool:
+            return list(pool.map(run, zip(completions, states)))
+
+    def _evaluate_ray(self, completions, states, bar) -> list[VerifyResult]:
+        import ray
+        from ray.exceptions import RayTaskError, TaskCancelledError
+
+        infra = _infra_errors()
+        results: dict[int, VerifyResult] = {}
+        attempts = [0] * len(completions)
+        queue, pending = deque(range(len(completions))), {}
+
+        def record(i: int, result: VerifyResult) -> None:
+            if i not in results:  # first result wins; duplicates are ignored
+                results[i] = result
+                if bar is not None:
+                    bar.update(1)
+
+        while queue or pending:
+            while queue and len(pending) < self.slots:
+                i = queue.popleft()
+                if i in results:
+                    continue
+                attempts[i] += 1
+                ref = self._remote.remote(self._env_ref, i, completions[i], states[i])
+                pending[ref] = (i, time.monotonic())
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+            if not ready:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                i, _ = pending.pop(ref)
+                try:
+                    job_id, result = ray.get(ref)
+                    record(job_id, result)
+                except TaskCancelledError:
+                    record(i, failed("timeout", "cancelled by the driver"))
+                except infra as e:
+                    if attempts[i] <= self.max_infra_retries:
+                        queue.append(i)  # infrastructure, not the program: try again
+                    else:
+                        record(i, failed("runtime_error", f"infrastructure failure after {attempts[i]} attempts: "
+                                                          f"{type(e).__name__}", extra={"attempts": attempts[i]}))
+                except RayTaskError as e:
+                    record(i, failed("runtime_error", f"verification task raised: {str(e)[:300]}"))
+            now = time.monotonic()
+            for ref, (i, started) in list(pending.items()):
+                if now - started > self.backstop_s:
+                    ray.cancel(ref, force=True)
+                    del pending[ref]
+                    record(i, failed("timeout", f"no result within the driver backstop of {self.backstop_s:g} s; "
+                                                "task force-cancelled"))
+        for i, n in enumerate(attempts):
+            results[i].extra.setdefault("attempts", n)
+        return [results[i] for i in range(len(completions))]
 
     def close(self) -> None:
-        pass
+        self._env_ref = None

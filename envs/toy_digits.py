@@ -1,9 +1,10 @@
 """A toy verifiable task that a tiny random-weight model can learn on a CPU in minutes.
 
-The model writes digits; the first `length` digits of its completion are the heights of a step function,
-scored with the first autocorrelation constant of AC1, C1 = 2n * max(a * a) / (sum a)^2 (lower is better,
-a flat sequence gives exactly 2). The reward is smooth: coverage * 2 / C1, where coverage = digits found /
-length, so a model first learns to write digits at all, then to shape them.
+The model writes digits; the first `length` of them are the heights of a step function, scored with AC1's
+first autocorrelation constant C1 = 2n * max(a * a) / (sum a)^2 (lower is better; a flat sequence gives
+exactly 2). The reward is smooth: coverage * 2 / C1, coverage = digits found / length. With strict=True only
+the first `length` characters count (no spaces or words allowed), a format a random-weight tiny model
+learns far more slowly than the shape of the heights.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def autocorrelation_c1(heights: np.ndarray) -> float:
 class ToyDigitsEnv(Env):
     name: str = "toy_digits"
     length: int = 12
+    strict: bool = False
 
     def statement(self) -> str:
         return (
@@ -37,7 +39,8 @@ class ToyDigitsEnv(Env):
         return completion
 
     def verify(self, answer: str, state: State) -> VerifyResult:
-        digits = [int(c) for c in answer if "0" <= c <= "9"][: self.length]
+        chars = answer[: self.length] if self.strict else answer
+        digits = [int(c) for c in chars if "0" <= c <= "9"][: self.length]
         if not digits:
             return failed("format_error", "no digits in the answer")
         heights = np.array(digits, dtype=np.float64)

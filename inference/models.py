@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 TINY_NAME = "tiny"
-TINY_VERSION = "v1"  # bump when the recipe below changes, so stale caches are rebuilt
+TINY_VERSION = "v2"  # bump when the recipe below changes, so stale caches are rebuilt
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -95,7 +95,12 @@ def _corpus(n: int, seed: int) -> list[str]:
 
 
 def build_tiny_model(out_dir: Path, seed: int = 0) -> None:
-    """The recipe of ../shared/docs/PLATFORM.md section 2, plus a chat template."""
+    """The recipe of ../shared/docs/PLATFORM.md section 2, plus a chat template and a sharper output head.
+
+    With every weight ~N(0, 0.08) the next-token entropy is 7.2 nats of a possible 7.6 (near uniform over
+    2048 tokens), and RL barely moves such a policy in minutes; an unembedding 4x larger gives ~3 nats, a
+    policy with preferences that a few policy-gradient steps can reshape.
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -123,4 +128,5 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> None:
         for p in model.parameters():
             if p.dim() == 2:  # a non-trivial distribution, not near-uniform
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.08)
+        model.lm_head.weight.mul_(4.0)
     model.save_pretrained(out_dir, safe_serialization=True)

@@ -23,7 +23,15 @@ class VLLMSampler:
                        max_num_seqs=max_num_seqs, logprobs_mode="processed_logprobs", **engine_kwargs)
         self.max_model_len = max_model_len
         self._adapters: dict[int, object] = {}  # version -> LoRARequest
+        self._next_lora_id = 1  # never reused: vLLM caches adapters by id
         self.version: int | None = None  # None = base model
+
+    def close(self) -> None:
+        """Stop the engine's processes now rather than at interpreter exit."""
+        engine = getattr(self.llm, "llm_engine", None)
+        shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if shutdown is not None:
+            shutdown()
 
     def get_tokenizer(self):
         return self.llm.get_tokenizer()
@@ -32,9 +40,8 @@ class VLLMSampler:
         """Make `path` the adapter that samples are drawn from, as `version`; retire older versions."""
         from vllm.lora.request import LoRARequest
 
-        if version in self._adapters:
-            raise ValueError(f"adapter version {version} is already loaded: versions must be new")
-        request = LoRARequest(f"v{version}", version + 1, path)
+        request = LoRARequest(f"v{version}-{self._next_lora_id}", self._next_lora_id, path)
+        self._next_lora_id += 1
         if not self.llm.llm_engine.add_lora(request):
             raise RuntimeError(f"vLLM refused adapter {path} (version {version})")
         for old, old_request in list(self._adapters.items()):

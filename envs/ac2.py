@@ -1,0 +1,69 @@
+"""AC2, the second autocorrelation inequality: maximise C2 over non-negative step functions (reward C2).
+
+C2 = ||f*f||_2^2 / (||f*f||_1 ||f*f||_inf), with f*f exactly piecewise linear (envs/step_functions.py).
+AlphaEvolve V1: 0.8962 (50 pieces); TTT-Discover 0.9591797711 (50,000). Contract: `construct_function()`
+returns the heights; the parent's sequence is the global `height_sequence_2`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.base import State, VerifyResult
+from envs.prompting import PromptSpec
+from envs.sequence_env import SequenceEnv
+from envs.step_functions import autoconvolution, check_heights, second_autocorrelation_c2
+
+BASELINE = '''import numpy as np
+
+def construct_function():
+    return np.ones(50)
+'''
+
+
+@dataclass
+class SecondAutocorrelationEnv(SequenceEnv):
+    name: str = "ac2"
+    target: float = 0.97
+    timeout_s: float = 1000.0
+    cpus_per_eval: int = 2
+
+    entry = "construct_function"
+    higher_is_better = True
+    default_reward = "linear"
+    injected_name = "height_sequence_2"
+    reference_key = "ac2_step_heights"
+    baseline = BASELINE
+
+    def prompt_spec(self, state: State) -> PromptSpec:
+        statement = (
+            "Find a non-negative step function f with n equal pieces that maximises the second autocorrelation "
+            "constant C2 = ||f*f||_2^2 / (||f*f||_1 * ||f*f||_inf). f*f is piecewise linear through the values "
+            "of np.convolve(a, a) with zeros at both ends, so its norms are computed exactly. "
+            f"Use between {self.min_length} and {self.max_length} pieces. Higher C2 is better (AlphaEvolve: "
+            "0.8962 with 50 pieces; 0.96 needs tens of thousands). Useful idea: explore with a coarse "
+            "function, refine by gradient steps on C2, then upsample and refine again.")
+        source = "\n".join(inspect.getsource(f) for f in (check_heights, autoconvolution, second_autocorrelation_c2))
+        return PromptSpec(statement=statement, entry_signature="construct_function() -> heights", objective="C2",
+                          higher_is_better=True, timeout_s=self.timeout_s, cpus=self.cpus_per_eval,
+                          target=self.target, verifier_source=source, injected=self.injected_lines(state))
+
+    def score_sequence(self, heights: np.ndarray, state: State, rest: list) -> VerifyResult:
+        reason, violation = check_heights(heights, self.min_length, self.max_length)
+        construction = heights.tolist()
+        if reason:
+            clipped = np.maximum(heights, 0.0)  # near-valid: score the clipped function for partial credit
+            score = second_autocorrelation_c2(clipped) if np.isfinite(violation) and clipped.sum() > 0 else None
+            return self.rejected(reason, construction, score=score, violation=violation)
+        return self.accepted(second_autocorrelation_c2(heights), construction, state,
+                             extra={"length": int(heights.size)})
+
+    def verify_construction(self, heights, state: State = State()) -> VerifyResult:
+        return self.score_sequence(np.asarray(heights, dtype=np.float64), state, [])
+
+    def random_sequence(self, rng: np.random.Generator) -> np.ndarray:
+        # TTT-Discover: a constant sequence [u] * L, u ~ U(0, 1), L ~ U{1000..7999}
+        return np.full(int(rng.integers(1000, 8000)), float(rng.uniform(0.0, 1.0)))

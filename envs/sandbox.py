@@ -1,0 +1,291 @@
+"""Run one untrusted program in a sandbox and bring back its outputs as validated data.
+
+    outcome = run_sandboxed(SandboxJob(source, entry="run_packing"), Limits(timeout_s=60))
+
+The program runs in its own process tree (layers: envs/sandbox_command.py; availability:
+envs/sandbox_profile.py), as an unprivileged user without network, environment or view of our /proc, with
+CPU-time / address-space / file-size limits, memory and pids cgroups where the host has them, and dies with
+us. At the deadline the whole tree is killed (cgroup.kill / freezer, process group, pid namespace), and it is
+killed again unconditionally before its outputs are read. Outcome order: timeout -> oom -> crash -> result.
+Program faults come back as an outcome record, never as an exception.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from envs import sandbox_command as cmd
+from envs import sandbox_spawner
+from envs.result_channel import ChannelError, parse_json, parse_npz, read_capped, read_tail
+from envs.sandbox_profile import SandboxProfile, current_profile
+
+STATUS_CAP = 64 << 10
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-run resource limits. The address space defaults to 4x the memory budget (VmPeak >> RSS)."""
+
+    timeout_s: float = 60.0
+    cpus: int = 1
+    memory_mb: int = 2048
+    address_space_mb: int | None = None
+    max_pids: int = 64
+    file_size_mb: int = 64
+    max_open_files: int = 256
+    max_result_bytes: int = 8 << 20
+    tail_chars: int = 500
+
+    @property
+    def as_bytes(self) -> int:
+        return (self.address_space_mb or 4 * self.memory_mb) << 20
+
+
+@dataclass
+class SandboxJob:
+    """What to run: the program, its entry function and how to call it.
+
+    mode "single": entry(*args, **kwargs, **{name: inputs[name] for name in input_kwargs}) once; the result is
+    npz (numeric arrays; a tuple/list is split into r0, r1, ... unless split_result is False) or json.
+    mode "each": entry(*call) for every call in `calls`; json list of {"value": ...} / {"error": ...}.
+    `inject` names input arrays defined as module globals before the program's body runs.
+    """
+
+    source: str
+    entry: str
+    mode: str = "single"
+    result: str = "npz"
+    args: list = field(default_factory=list)
+    kwargs: dict = field(default_factory=dict)
+    calls: list | None = None
+    inputs: dict = field(default_factory=dict)
+    inject: tuple = ()
+    input_kwargs: tuple = ()
+    split_result: bool = True  # npz: a returned tuple/list is several arrays (False: it is one array)
+
+
+@dataclass
+class SandboxOutcome:
+    status: str  # ok | format_error | runtime_error | timeout | oom | invalid
+    message: str = ""
+    arrays: list | None = None  # npz results, r0..rN
+    value: Any = None  # json results
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    wall_s: float = 0.0
+    returncode: int | None = None
+    pids_limit_hit: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o644)
+
+
+def _prepare(job: SandboxJob, limits: Limits, profile: SandboxProfile, run_dir: str) -> cmd.RunPaths:
+    job_dir, out_dir = os.path.join(run_dir, "job"), os.path.join(run_dir, "out")
+    os.mkdir(job_dir, 0o700)
+    os.mkdir(out_dir, 0o700)
+    in_bwrap = bool(profile.bwrap)
+    spec = {"entry": job.entry, "mode": job.mode, "result": job.result, "args": job.args, "kwargs": job.kwargs,
+            "calls": job.calls, "inject": list(job.inject), "input_kwargs": list(job.input_kwargs),
+            "max_result_bytes": limits.max_result_bytes, "inputs": "inputs.npz" if job.inputs else None,
+            "sys_path": library_paths(), "split": job.split_result}
+    if profile.seccomp_path and not in_bwrap:  # with bwrap the kernel loads it before exec (--seccomp FD)
+        spec["seccomp"] = profile.seccomp_path
+    if not profile.prlimit:  # the runner applies them itself before any candidate code
+        spec["rlimits"] = {"as": limits.as_bytes, "cpu": _cpu_seconds(limits),
+                           "fsize": limits.file_size_mb << 20, "nofile": limits.max_open_files}
+    _write(os.path.join(job_dir, "program.py"), job.source.encode("utf-8", "surrogatepass"))
+    _write(os.path.join(job_dir, "call.json"), json.dumps(spec).encode())
+    if job.inputs:
+        with open(os.path.join(job_dir, "inputs.npz"), "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in job.inputs.items()})
+        os.chmod(os.path.join(job_dir, "inputs.npz"), 0o644)
+    if profile.drop_uid:
+        for d in (job_dir, out_dir):
+            os.chown(d, cmd.SANDBOX_UID, cmd.SANDBOX_UID)
+    return cmd.RunPaths(run_dir, job_dir, out_dir, profile.runner_path, profile.seccomp_path)
+
+
+@functools.lru_cache(maxsize=1)
+def library_paths() -> list[str]:
+    """This interpreter's site-packages dirs: the sandbox starts with -S and adds exactly these."""
+    import site
+
+    return [p for p in site.getsitepackages() if os.path.isdir(p)]
+
+
+def _cpu_seconds(limits: Limits) -> int:
+    # RLIMIT_CPU sums all threads of a process; the wall-clock timer is the real deadline (SANDBOX.md G9)
+    return int(limits.timeout_s * max(1, limits.cpus)) + 2
+
+
+def nproc_limit(limits: Limits) -> int:
+    """RLIMIT_NPROC when there is no pids cgroup: it counts every process of the sandbox uid on the host,
+    so it leaves room for a few concurrent sandboxes."""
+    return 4 * limits.max_pids
+
+
+def _argv(paths: cmd.RunPaths, limits: Limits, profile: SandboxProfile, procs_files: list[str],
+          seccomp_fd: int | None):
+    env = cmd.sandbox_env(limits.cpus, "/job" if profile.bwrap else paths.job_dir)
+    argv: list[str] = cmd.cgroup_launcher(procs_files) if procs_files else []
+    if profile.prlimit:
+        pids_cgroup = bool(profile.cgroups and profile.cgroups.pids)
+        nproc = None if pids_cgroup or not profile.drop_uid else nproc_limit(limits)
+        argv += cmd.prlimit_args(profile.prlimit, _cpu_seconds(limits), limits.as_bytes,
+                                 limits.file_size_mb << 20, limits.max_open_files, nproc)
+    inner_drop = cmd.setpriv_drop(profile.setpriv) if profile.drop_uid else []
+    if profile.bwrap:
+        if profile.setpriv:
+            argv += [profile.setpriv, "--pdeathsig", "KILL"]
+        argv += cmd.bwrap_args(profile.bwrap, paths, env, limits.memory_mb, profile.as_root,
+                               profile.bwrap_tmpfs_size, seccomp_fd)
+        argv += inner_drop + [sys.executable, "-I", "-S", "/sandbox/runner.py", "/job", "/out"]
+        return argv, {"PATH": env["PATH"]}, paths.run_dir
+    argv += inner_drop or ([profile.setpriv, "--pdeathsig", "KILL"] if profile.setpriv else [])
+    argv += [sys.executable, "-I", "-S", paths.runner, paths.job_dir, paths.out_dir]
+    return argv, env, paths.job_dir
+
+
+def _wait_exit(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """True if the child exited within the time limit. A pidfd wakes us at once (Popen.wait(timeout)
+    polls with sleeps of up to 50 ms, which would dominate the cost of a short evaluation)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        try:
+            proc.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout_s * 1000))))
+    finally:
+        os.close(fd)
+
+
+def _kill_tree(proc: subprocess.Popen, cgroups) -> None:
+    if cgroups is not None:
+        cgroups.kill()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: the group id is the child's pid
+    except OSError:
+        pass
+    proc.kill()
+
+
+def _remove_tree(path: str) -> None:
+    def fix_and_retry(func, p, _exc):  # the program may have left 000 dirs behind
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700) if os.path.isdir(p) and not os.path.islink(p) else None
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=fix_and_retry)
+
+
+def run_sandboxed(job: SandboxJob, limits: Limits = Limits(), profile: SandboxProfile | None = None) -> SandboxOutcome:
+    profile = profile or current_profile()
+    t0 = time.perf_counter()
+    run_dir = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=profile.runs_dir)
+    os.chmod(run_dir, 0o711)
+    cgroups = None
+    try:
+        paths = _prepare(job, limits, profile, run_dir)
+        if profile.cgroups is not None:
+            cgroups = profile.cgroups.create(uuid.uuid4().hex[:12], limits.memory_mb << 20, limits.max_pids)
+        seccomp_fd = os.open(profile.seccomp_path, os.O_RDONLY) if profile.bwrap and profile.seccomp_path else None
+        try:
+            argv, env, cwd = _argv(paths, limits, profile, cgroups.procs_files if cgroups else [], seccomp_fd)
+            stdout_path, stderr_path = os.path.join(run_dir, "stdout"), os.path.join(run_dir, "stderr")
+            with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+                proc = sandbox_spawner.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                                             cwd=cwd, start_new_session=True, close_fds=True,
+                                             pass_fds=() if seccomp_fd is None else (seccomp_fd,))
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
+        timed_out = not _wait_exit(proc, limits.timeout_s)
+        _kill_tree(proc, cgroups)  # unconditionally: setsid escapees must not touch out/ while we read it
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        outcome = _classify(paths, limits, proc.returncode, timed_out, cgroups)
+        outcome.stdout_tail = read_tail(run_dir, "stdout", limits.tail_chars)
+        outcome.stderr_tail = read_tail(run_dir, "stderr", limits.tail_chars)
+    finally:
+        if cgroups is not None:
+            cgroups.destroy()
+        _remove_tree(run_dir)
+    outcome.wall_s = time.perf_counter() - t0
+    return outcome
+
+
+def _classify(paths: cmd.RunPaths, limits: Limits, rc: int | None, timed_out: bool, cgroups) -> SandboxOutcome:
+    """Decide the status before looking at any result: timeout -> oom -> crash -> result."""
+    pids_hit = bool(cgroups and cgroups.pids_limit_hits())
+    base = dict(returncode=rc, pids_limit_hit=pids_hit)
+    if timed_out:
+        return SandboxOutcome("timeout", f"exceeded the {limits.timeout_s:g} s time limit and was killed", **base)
+    if cgroups is not None and cgroups.oom_kills() > 0:
+        return SandboxOutcome("oom", f"killed by the {limits.memory_mb} MB memory limit", **base)
+    try:
+        raw = read_capped(paths.out_dir, "status.json", STATUS_CAP)
+        status = parse_json(raw) if raw is not None else None
+    except ChannelError as e:
+        return SandboxOutcome("runtime_error", f"unreadable status report ({e})", **base)
+    if isinstance(status, dict) and status.get("error_type") == "MemoryError":
+        return SandboxOutcome("oom", f"MemoryError under the {limits.as_bytes >> 20} MB address-space limit", **base)
+    if rc is not None and rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+        return SandboxOutcome("timeout", "exceeded its CPU-time limit", **base)
+    if not isinstance(status, dict) or not isinstance(status.get("phase"), str):
+        how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit code {rc}"
+        return SandboxOutcome("runtime_error", f"the program ended without reporting a result ({how})", **base)
+    if status.get("ok") is not True or status["phase"] != "done":
+        error = str(status.get("error", "unknown error"))[:500]
+        phase = status["phase"]
+        kind = {"compile": "format_error", "entry": "format_error", "encode": "invalid"}.get(phase, "runtime_error")
+        prefix = {"compile": "the program does not compile", "entry": "missing entry point",
+                  "encode": "the return value is not plain data", "setup": "sandbox setup failed",
+                  "import": "the program raised while loading", "call": "the program raised"}.get(phase, phase)
+        return SandboxOutcome(kind, f"{prefix}: {error}", **base)
+    return _read_result(paths, limits, base)
+
+
+def _read_result(paths: cmd.RunPaths, limits: Limits, base: dict) -> SandboxOutcome:
+    try:
+        npz = read_capped(paths.out_dir, "result.npz", limits.max_result_bytes)
+        if npz is not None:
+            return SandboxOutcome("ok", arrays=parse_npz(npz, limits.max_result_bytes), **base)
+        text = read_capped(paths.out_dir, "result.json", limits.max_result_bytes)
+        if text is not None:
+            return SandboxOutcome("ok", value=parse_json(text), **base)
+    except ChannelError as e:
+        return SandboxOutcome("invalid", f"unusable result: {e}", **base)
+    return SandboxOutcome("invalid", "the program reported success but left no result", **base)

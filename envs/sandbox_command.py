@@ -1,0 +1,127 @@
+"""The command line that starts one sandboxed run (SANDBOX.md §4), from the outermost layer inwards:
+
+  sh (joins the run's cgroups, then exec)            -- only when cgroups are available
+  prlimit --as --cpu --fsize --core --nofile [--nproc]
+  setpriv --pdeathsig KILL [uid drop when no bwrap]
+  bwrap: new ipc/pid/net/uts/cgroup namespaces (+user when not root), read-only system and interpreter,
+         private tmpfs /tmp, /dev/shm and /job (scratch; our inputs bound read-only into it), /out the only
+         host-writable dir, empty environment, die-with-parent, new session
+  setpriv --reuid/--regid 65534, no groups, no capabilities, pdeathsig   -- inside bwrap, when root
+  seccomp filter: bwrap --seccomp FD, or loaded by the runner itself when there is no bwrap
+  python -I -S runner.py                              -- execs the program, writes its outputs as data
+
+bwrap runs before the uid drop when we are root: a process already at uid 65534 could not reach an
+interpreter under a 0700 directory such as /root/.pyenv, while bwrap (as root, with only SETUID/SETGID/SETPCAP
+kept) can bind it in, and the program still ends up as host uid 65534 with no capabilities (SANDBOX.md G2).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+SANDBOX_UID = 65534
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS", "NUMBA_NUM_THREADS")
+ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime",
+             "/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
+JOB_FILES = ("program.py", "call.json", "inputs.npz")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    run_dir: str
+    job_dir: str  # host dir with our inputs (program.py, call.json, inputs.npz)
+    out_dir: str  # host dir the program may write (results)
+    runner: str  # host path of the runner script
+    seccomp: str | None  # host path of the compiled BPF filter
+
+
+def sandbox_env(cpus: int, home: str) -> dict[str, str]:
+    """The complete environment a program sees: nothing inherited, thread pools capped to its CPUs."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": "/tmp", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+           "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
+    env.update({name: str(max(1, int(cpus))) for name in THREAD_VARS})
+    return env
+
+
+def interpreter_roots() -> list[str]:
+    """Directories that hold this interpreter and its libraries (bound read-only into the sandbox)."""
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
+    kept = []
+    for root in sorted(roots, key=len):
+        if root.startswith("/usr/") or any(root.startswith(k + "/") for k in kept) or root in kept:
+            continue
+        kept.append(root)
+    return kept
+
+
+def _ancestors(path: str) -> list[str]:
+    parts, out = path.strip("/").split("/")[:-1], []
+    for i in range(len(parts)):
+        out.append("/" + "/".join(parts[: i + 1]))
+    return out
+
+
+def _system_binds() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    for path in ETC_FILES:
+        args += ["--ro-bind-try", path, path]
+    return args
+
+
+def bwrap_args(bwrap: str, paths: RunPaths, env: dict[str, str], memory_mb: int, as_root: bool,
+               tmpfs_size: bool, seccomp_fd: int | None) -> list[str]:
+    made = {"/usr", "/etc", "/tmp", "/dev", "/proc", "/job", "/out", "/sandbox"}
+    args = [bwrap] + _system_binds()
+    for root in interpreter_roots():
+        for parent in _ancestors(root):
+            if parent not in made:  # bwrap would create it 0700, unreadable for uid 65534
+                args += ["--perms", "0755", "--dir", parent]
+                made.add(parent)
+        args += ["--ro-bind", root, root]
+    size = (lambda mb: ["--size", str(mb << 20)]) if tmpfs_size else (lambda mb: [])
+    args += ["--proc", "/proc", "--dev", "/dev",
+             "--perms", "1777", *size(memory_mb), "--tmpfs", "/tmp",
+             "--perms", "1777", *size(max(16, memory_mb // 2)), "--tmpfs", "/dev/shm",
+             "--perms", "1777", *size(memory_mb), "--tmpfs", "/job"]
+    for name in JOB_FILES:
+        args += ["--ro-bind-try", os.path.join(paths.job_dir, name), f"/job/{name}"]
+    args += ["--bind", paths.out_dir, "/out", "--perms", "0755", "--dir", "/sandbox",
+             "--ro-bind", paths.runner, "/sandbox/runner.py"]
+    if seccomp_fd is not None:  # the kernel installs it before exec'ing the command (no cost in the runner)
+        args += ["--seccomp", str(seccomp_fd)]
+    args += ["--chdir", "/job", "--die-with-parent", "--new-session", "--clearenv"]
+    for key, value in env.items():
+        args += ["--setenv", key, value]
+    args += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+    if as_root:  # keep only what the inner setpriv needs to drop to the sandbox uid
+        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+    else:
+        args += ["--unshare-user", "--disable-userns"]
+    return args + ["--"]
+
+
+def setpriv_drop(setpriv: str) -> list[str]:
+    return [setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--pdeathsig", "KILL"]
+
+
+def prlimit_args(prlimit: str, cpu_s: int, as_bytes: int, fsize: int, nofile: int, nproc: int | None) -> list[str]:
+    args = [prlimit, f"--as={as_bytes}", f"--cpu={cpu_s}:{cpu_s + 1}", f"--fsize={fsize}", "--core=0",
+            f"--nofile={nofile}"]
+    return args + ([f"--nproc={nproc}"] if nproc else [])
+
+
+def cgroup_launcher(procs_files: list[str]) -> list[str]:
+    """`sh -c` that moves itself into every cgroup, then execs the rest of argv."""
+    joins = " && ".join(f'echo $$ > "${i + 1}"' for i in range(len(procs_files)))
+    script = f'{joins} && shift {len(procs_files)} && exec "$@"'
+    return ["/bin/sh", "-c", script, "ttt-sandbox-launcher", *procs_files]

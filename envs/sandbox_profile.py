@@ -1,0 +1,186 @@
+"""Which sandbox protections this host offers, decided once per process and logged once.
+
+Detection is by trial, not by guess: tools are looked up, cgroups are probed, then the full stack runs a tiny
+program; if that fails, layers are dropped one at a time (seccomp, bwrap, uid drop) until a self-test
+passes. Whatever is off is logged ONCE as a warning, naming each missing protection and why.
+`TTT_SANDBOX_DISABLE=bwrap,seccomp,...` turns layers off on purpose (debugging, tests of the fallback).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass, field, replace
+
+from envs.sandbox_cgroups import CgroupSupport
+
+log = logging.getLogger("envs.sandbox")
+LAYERS = ("cgroup_memory", "cgroup_pids", "cgroup_kill", "prlimit", "pdeathsig", "uid_drop", "bwrap", "seccomp")
+_TOOL_DIRS = "/usr/bin:/bin:/usr/sbin:/sbin:/usr/local/bin"
+
+
+@dataclass(frozen=True)
+class SandboxProfile:
+    """The layers in use; a None tool means that layer is off. `off` says why each missing layer is off."""
+
+    cgroups: CgroupSupport | None = None
+    prlimit: str | None = None
+    setpriv: str | None = None
+    drop_uid: bool = False
+    bwrap: str | None = None
+    bwrap_tmpfs_size: bool = False
+    seccomp_path: str | None = None
+    runner_path: str = ""
+    runs_dir: str = ""
+    off: dict = field(default_factory=dict)
+
+    @property
+    def as_root(self) -> bool:
+        return os.geteuid() == 0
+
+    def layers(self) -> dict[str, bool]:
+        cg = self.cgroups
+        return {"cgroup_memory": bool(cg and cg.memory), "cgroup_pids": bool(cg and cg.pids),
+                "cgroup_kill": bool(cg and cg.tree_kill), "prlimit": bool(self.prlimit),
+                "pdeathsig": bool(self.setpriv), "uid_drop": self.drop_uid, "bwrap": bool(self.bwrap),
+                "seccomp": bool(self.seccomp_path)}
+
+    def without(self, layer: str, reason: str) -> "SandboxProfile":
+        changes = {"cgroup_memory": {}, "cgroup_pids": {}, "cgroup_kill": {}, "prlimit": {"prlimit": None},
+                   "pdeathsig": {"setpriv": None, "drop_uid": False}, "uid_drop": {"drop_uid": False},
+                   "bwrap": {"bwrap": None}, "seccomp": {"seccomp_path": None}}[layer]
+        if layer.startswith("cgroup"):
+            changes = {"cgroups": None}
+        return replace(self, off={**self.off, layer: reason}, **changes)
+
+
+def _private_dir(path: str, mode: int) -> str:
+    """`path` as a real directory owned by us with `mode`; a squatted or symlinked one is refused."""
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise PermissionError(f"{path} is not a directory owned by uid {os.geteuid()}")
+    os.chmod(path, mode)
+    return path
+
+
+def _install_file(lib_dir: str, name: str, data: bytes) -> str:
+    """Content-addressed, world-readable copy (the sandbox uid must read it); atomic, shared by processes."""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    path = os.path.join(lib_dir, f"{digest}-{name}")
+    if not os.path.exists(path):
+        fd, tmp = tempfile.mkstemp(dir=lib_dir)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    return path
+
+
+def _reap_runs(runs_dir: str) -> None:
+    """Delete run dirs of processes that died mid-run (their names start with the owner's pid)."""
+    for name in os.listdir(runs_dir):
+        owner = name.split("-", 1)[0]
+        if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+            shutil.rmtree(os.path.join(runs_dir, name), ignore_errors=True)
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path=_TOOL_DIRS)
+
+
+def _candidate_profile(disabled: set[str]) -> SandboxProfile:
+    base = _private_dir(os.path.join(tempfile.gettempdir(), f"ttt_sandbox_{os.geteuid()}"), 0o711)
+    lib_dir = _private_dir(os.path.join(base, "lib"), 0o755)
+    runs_dir = _private_dir(os.path.join(base, "runs"), 0o711)
+    with open(os.path.join(os.path.dirname(__file__), "sandbox_runner.py"), "rb") as f:
+        runner = f.read()
+    runner_path = _install_file(lib_dir, "runner.py", runner)
+    _reap_runs(runs_dir)
+    off: dict[str, str] = {}
+    cgroups = CgroupSupport.detect()
+    for layer, have in (("cgroup_memory", cgroups.memory), ("cgroup_pids", cgroups.pids),
+                        ("cgroup_kill", cgroups.tree_kill)):
+        if not have:
+            off[layer] = "no writable cgroup hierarchy for it (no delegation)"
+    tools = {name: _which(name) for name in ("prlimit", "setpriv", "bwrap")}
+    for name, layer in (("prlimit", "prlimit"), ("setpriv", "pdeathsig"), ("bwrap", "bwrap")):
+        if not tools[name]:
+            off[layer] = f"`{name}` not installed (scripts/install_sandbox_tools.sh)"
+    drop_uid = os.geteuid() == 0 and bool(tools["setpriv"])
+    if os.geteuid() != 0:
+        off["uid_drop"] = "not root: the program runs as the worker's own uid"
+    seccomp_path = None
+    try:
+        from envs.sandbox_seccomp import compiled_filter
+
+        seccomp_path = _install_file(lib_dir, "seccomp.bpf", compiled_filter())
+    except Exception as e:  # ImportError (pyseccomp) or OSError (libseccomp missing)
+        off["seccomp"] = f"cannot compile the filter ({type(e).__name__}: {e})"
+    tmpfs_size = False
+    if tools["bwrap"]:
+        import subprocess
+
+        try:
+            usage = subprocess.run([tools["bwrap"], "--help"], capture_output=True, text=True, timeout=10)
+            tmpfs_size = "--size" in usage.stdout + usage.stderr
+        except (OSError, subprocess.SubprocessError):
+            pass
+    profile = SandboxProfile(cgroups=cgroups if (cgroups.memory or cgroups.pids or cgroups.tree_kill) else None,
+                             prlimit=tools["prlimit"], setpriv=tools["setpriv"], drop_uid=drop_uid,
+                             bwrap=tools["bwrap"], bwrap_tmpfs_size=tmpfs_size, seccomp_path=seccomp_path,
+                             runner_path=runner_path, runs_dir=runs_dir, off=off)
+    for layer in disabled:
+        profile = profile.without(layer, "disabled by TTT_SANDBOX_DISABLE")
+    return profile
+
+
+def _self_test(profile: SandboxProfile) -> str | None:
+    """None if a trivial program runs and reports through this profile, else the failure."""
+    from envs.sandbox import Limits, SandboxJob, run_sandboxed
+
+    job = SandboxJob(source="def main():\n    return [1, 2]\n", entry="main", result="json")
+    outcome = run_sandboxed(job, Limits(timeout_s=20, memory_mb=512), profile=profile)
+    if outcome.status == "ok" and outcome.value == [1, 2]:
+        return None
+    return f"{outcome.status}: {outcome.message} {outcome.stderr_tail[-300:]}".strip()
+
+
+def detect_profile(disabled: set[str] | None = None) -> SandboxProfile:
+    """The strongest profile that passes the self-test on this host (uncached; see current_profile)."""
+    profile = _candidate_profile(set(disabled or ()))
+    failure = _self_test(profile)
+    for layer in ("seccomp", "bwrap", "uid_drop", "pdeathsig", "prlimit", "cgroup_memory"):
+        if failure is None:
+            return profile
+        if profile.layers()[layer]:
+            profile = profile.without(layer, f"self-test failed with it on ({failure[:200]})")
+            failure = _self_test(profile)
+    if failure is not None:
+        raise RuntimeError(f"the sandbox cannot run even a trivial program here: {failure}")
+    return profile
+
+
+@functools.lru_cache(maxsize=1)
+def current_profile() -> SandboxProfile:
+    """This process's profile, detected on first use; logs once which protections are off."""
+    disabled = {x.strip() for x in os.environ.get("TTT_SANDBOX_DISABLE", "").split(",") if x.strip()}
+    unknown = disabled - set(LAYERS)
+    if unknown:
+        raise ValueError(f"TTT_SANDBOX_DISABLE names unknown layers {sorted(unknown)}; known: {', '.join(LAYERS)}")
+    profile = detect_profile(disabled)
+    on = [name for name, have in profile.layers().items() if have]
+    if profile.off:
+        log.warning("sandbox protections OFF: %s; on: %s",
+                    "; ".join(f"{k} ({v})" for k, v in sorted(profile.off.items())), ", ".join(on) or "none")
+    else:
+        log.info("sandbox: all protections on (%s)", ", ".join(on))
+    return profile

@@ -1,0 +1,87 @@
+"""Shared shape of the tasks whose construction is one sequence of heights (AC1, AC2, Erdős).
+
+The parent state's sequence is injected as a numpy global (TTT-Discover injects `height_sequence_1` for AC1;
+its Erdős task promised `initial_h_values` but never defined it, known bug 1: here it is always defined).
+Initial states: `random` (TTT-Discover's draws), `best_available` (the published construction), `none`
+(no construction, the task's baseline program).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.base import State, VerifyResult
+from envs.program_env import ProgramEnv
+from envs.result_channel import ChannelError, finite_float_array
+from envs.sandbox import SandboxJob, SandboxOutcome
+
+
+@dataclass
+class SequenceEnv(ProgramEnv):
+    min_length: int = 1
+    max_length: int = 100000
+
+    injected_name = "height_sequence"
+    reference_key = ""
+    baseline = ""
+    call_kwargs: tuple = ()  # names of (seed, budget_s) style keyword arguments the entry receives
+    split_result = False  # the entry returns one sequence (Erdős returns a tuple and sets this True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 1 <= self.min_length <= self.max_length:
+            raise ValueError(f"need 1 <= min_length <= max_length, got {self.min_length}, {self.max_length}")
+
+    # subclasses: score_sequence(heights, state, extra) -> VerifyResult; random_sequence(rng) -> np.ndarray
+
+    def parent_sequence(self, state: State) -> np.ndarray | None:
+        try:
+            seq = np.asarray(state.construction, dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+        return seq if seq.ndim == 1 and seq.size > 0 and np.all(np.isfinite(seq)) else None
+
+    def injected_lines(self, state: State) -> tuple[str, ...]:
+        seq = self.parent_sequence(state)
+        if seq is None:
+            return ()
+        return (f"`{self.injected_name}`: numpy array of the previous construction ({seq.size} values, "
+                f"score {state.score}); build on it or ignore it.",)
+
+    def job(self, program: str, state: State) -> SandboxJob:
+        seq = self.parent_sequence(state)
+        inputs = {} if seq is None else {self.injected_name: seq}
+        kwargs = {k: v for k, v in (("seed", 42), ("budget_s", self.budget_s)) if k in self.call_kwargs}
+        return SandboxJob(source=program, entry=self.entry, kwargs=kwargs, inputs=inputs,
+                          inject=tuple(inputs), split_result=self.split_result)
+
+    def score_outcome(self, outcome: SandboxOutcome, state: State) -> VerifyResult:
+        arrays = outcome.arrays or []
+        if not arrays:
+            return self.rejected(f"{self.entry}() returned nothing")
+        try:
+            heights = finite_float_array(arrays[0], "heights", (None,))
+        except ChannelError as e:
+            return self.rejected(str(e))
+        return self.score_sequence(heights, state, arrays[1:])
+
+    def score_sequence(self, heights: np.ndarray, state: State, rest: list) -> VerifyResult:
+        raise NotImplementedError
+
+    def random_sequence(self, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def initial_states(self, rng=None) -> list[State]:
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng if rng is not None else self.seed)
+        if self.initial_state == "none":
+            return [State(code=self.baseline)]
+        if self.initial_state == "best_available" and self.reference_key:
+            from envs import reference_data
+
+            seq = reference_data.heights(self.reference_key)
+        else:
+            seq = self.random_sequence(rng)
+        result = self.score_sequence(seq, State(), [])
+        return [State(construction=seq.tolist(), score=result.score, value=result.value)]

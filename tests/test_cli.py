@@ -1,0 +1,42 @@
+"""`ttt` as a user runs it: bad input ends in exactly one clear error line, before anything heavy starts."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TTT = str(Path(sys.executable).with_name("ttt"))
+
+
+def _ttt(*args, cwd=None):
+    env = {**os.environ, "TTT_DEBUG": ""}
+    return subprocess.run([TTT, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
+
+
+def _one_error_line(proc) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ttt: error: "), proc.stderr
+    return lines[0]
+
+
+def test_unknown_model_path(tmp_path):
+    line = _one_error_line(_ttt("demo", "--model", "/no/such/model", "--out", str(tmp_path)))
+    assert "model path /no/such/model does not exist" in line
+
+
+def test_unreadable_config(tmp_path):
+    line = _one_error_line(_ttt("demo", "--config", str(tmp_path / "missing.yaml")))
+    assert "cannot read config" in line and "missing.yaml" in line
+
+
+def test_config_with_unknown_field_or_bad_value(tmp_path):
+    bad_key = tmp_path / "bad_key.yaml"
+    bad_key.write_text("stepz: 3\n")
+    assert "stepz" in _one_error_line(_ttt("demo", "--config", str(bad_key)))
+    bad_value = tmp_path / "bad_value.yaml"
+    bad_value.write_text("group_size: 0\n")
+    assert "group_size must be >= 1" in _one_error_line(_ttt("demo", "--config", str(bad_value)))
+    not_yaml = tmp_path / "not_yaml.yaml"
+    not_yaml.write_text("a: [1, 2\n")
+    assert "not valid YAML" in _one_error_line(_ttt("demo", "--config", str(not_yaml)))

@@ -1,0 +1,123 @@
+"""The PEFT LoRA learner on the real tiny model: loss and gradients against an independent computation,
+Adam's first step against its closed form, adapters that PEFT reloads, and one-line input errors."""
+
+import math
+
+import pytest
+import tinker
+import torch
+
+from trainer.datums import rollout_datum
+from trainer.learner import LoRALearner, LoraSpec
+
+PROMPT = [1, 87, 85, 71, 84, 201, 2, 1]
+COMPLETION = [326, 85, 297, 86, 19]
+SAMPLER_LP = [-7.1, -6.5, -8.0, -7.7, -6.9]
+
+
+@pytest.fixture()
+def learner(tiny_model_path):
+    learner = LoRALearner(tiny_model_path, LoraSpec(rank=4, seed=3))
+    with torch.no_grad():  # a non-trivial adapter so that every LoRA matrix gets a gradient
+        g = torch.Generator().manual_seed(0)
+        for name, p in learner.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return learner
+
+
+def test_importance_sampling_loss_and_gradient_match_an_independent_computation(learner):
+    advantage = 1.7
+    datum = rollout_datum(PROMPT, COMPLETION, SAMPLER_LP, advantage)
+    out = learner.forward_backward([datum], "importance_sampling")
+    grads = {n: p.grad.clone() for n, p in learner.model.named_parameters() if p.requires_grad}
+    learner.optimizer.zero_grad()
+
+    seq = PROMPT + COMPLETION
+    logits = learner.model(input_ids=torch.tensor([seq[:-1]])).logits[0]
+    logp = torch.log_softmax(logits, -1)
+    lp_completion = [logp[len(PROMPT) - 1 + i, tok] for i, tok in enumerate(COMPLETION)]
+    # loss = -sum_t exp(lp_t - q_t) * A over completion tokens only (prompt tokens have A = 0)
+    reference = -sum(torch.exp(lp - q) * advantage for lp, q in zip(lp_completion, SAMPLER_LP))
+    reference.backward()
+
+    assert out["metrics"]["loss:sum"] == pytest.approx(reference.item(), rel=1e-5)
+    lps = out["loss_fn_outputs"][0]["logprobs"]
+    assert lps.shape == (len(seq) - 1,)
+    assert lps[len(PROMPT) - 1:].tolist() == pytest.approx([x.item() for x in lp_completion], abs=1e-5)
+    for name, p in learner.model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(grads[name], p.grad, rtol=1e-4, atol=1e-7), name
+    assert any(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_gradients_accumulate_until_optim_step_and_adam_first_step_is_lr_sign(learner):
+    datum = rollout_datum(PROMPT, COMPLETION, SAMPLER_LP, 1.0)
+    learner.forward_backward([datum], "importance_sampling")
+    once = {n: p.grad.clone() for n, p in learner.model.named_parameters() if p.requires_grad}
+    learner.forward_backward([datum], "importance_sampling")
+    for n, p in learner.model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, 2 * once[n], rtol=1e-5, atol=1e-8)
+    before = {n: p.detach().clone() for n, p in learner.model.named_parameters() if p.requires_grad}
+    lr = 1e-3
+    learner.optim_step(tinker.AdamParams(learning_rate=lr, beta1=0.9, beta2=0.95, eps=1e-12))
+    # Adam's bias-corrected first step is lr * g / |g| = lr * sign(g) for every non-zero gradient
+    for n, p in learner.model.named_parameters():
+        if p.requires_grad:
+            expected = before[n] - lr * torch.sign(once[n])
+            assert torch.allclose(p.detach(), expected, atol=1e-8), n
+            assert p.grad is None
+
+
+def test_grad_clip_reports_the_global_norm_and_clips(learner):
+    datum = rollout_datum(PROMPT, COMPLETION, SAMPLER_LP, 5.0)
+    learner.forward_backward([datum], "importance_sampling")
+    norm = math.sqrt(sum(float((p.grad ** 2).sum()) for p in learner.params))
+    clipped = {}
+    original_step = learner.optimizer.step
+    learner.optimizer.step = lambda: clipped.setdefault(
+        "norm", math.sqrt(sum(float((p.grad ** 2).sum()) for p in learner.params))) and original_step()
+    metrics = learner.optim_step(tinker.AdamParams(learning_rate=0.0, grad_clip_norm=1e-3))
+    assert metrics["grad_norm:mean"] == pytest.approx(norm, rel=1e-5)
+    assert norm > 1e-3 and clipped["norm"] == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_weight_decay_is_decoupled(learner):
+    w_before = learner.params[0].detach().clone()
+    learner.forward_backward([rollout_datum(PROMPT, COMPLETION, SAMPLER_LP, 0.0)], "importance_sampling")
+    learner.optim_step(tinker.AdamParams(learning_rate=0.1, weight_decay=0.5))  # zero gradient: decay only
+    assert torch.allclose(learner.params[0].detach(), w_before * (1 - 0.1 * 0.5), atol=1e-7)
+
+
+def test_saved_adapter_reloads_in_peft_with_identical_logprobs(learner, tiny_model_path, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    datum = rollout_datum(PROMPT, COMPLETION, SAMPLER_LP, 0.0)
+    ours = learner.forward_backward([datum], "importance_sampling", forward_only=True)
+    learner.save_adapter(str(tmp_path / "adapter"))
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                                         str(tmp_path / "adapter")).eval()
+    seq = PROMPT + COMPLETION
+    logp = torch.log_softmax(reloaded(input_ids=torch.tensor([seq[:-1]])).logits[0], -1)
+    theirs = logp.gather(-1, torch.tensor(seq[1:])[:, None])[:, 0]
+    assert torch.allclose(ours["loss_fn_outputs"][0]["logprobs"], theirs, atol=1e-5)
+
+
+def test_bad_datums_name_the_datum_and_the_field(learner):
+    good = rollout_datum(PROMPT, COMPLETION, SAMPLER_LP, 1.0)
+    missing = tinker.Datum(model_input=good.model_input,
+                           loss_fn_inputs={"target_tokens": good.loss_fn_inputs["target_tokens"]})
+    with pytest.raises(ValueError, match=r"datum 1: loss_fn_inputs lacks 'logprobs'"):
+        learner.forward_backward([good, missing], "importance_sampling")
+    short = tinker.Datum(model_input=good.model_input,
+                         loss_fn_inputs={**good.loss_fn_inputs, "logprobs": tinker.TensorData(
+                             data=[0.0, 0.0], dtype="float32", shape=[2])})
+    with pytest.raises(ValueError, match=r"datum 0: loss_fn_inputs\['logprobs'\] has shape \(2,\)"):
+        learner.forward_backward([short], "importance_sampling")
+    huge = rollout_datum(PROMPT, [10**6], [0.0], 1.0)
+    with pytest.raises(ValueError, match=r"datum 0: .*token id 1000000 outside the vocabulary"):
+        learner.forward_backward([huge], "importance_sampling")
+    with pytest.raises(ValueError, match="unknown loss_fn"):
+        learner.forward_backward([good], "nope")

@@ -1,0 +1,110 @@
+"""`ttt` console script. Bad input (ValueError, missing files) ends in one `ttt: error: ...` line;
+TTT_DEBUG=1 shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def load_loop_config(path: str | None, overrides: dict):
+    """LoopConfig from defaults <- YAML file <- command-line flags, checked before anything starts."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from trainer.loop import LoopConfig
+
+    cfg = OmegaConf.structured(LoopConfig)
+    try:
+        if path is not None:
+            try:
+                loaded = OmegaConf.load(path)
+            except OSError as e:
+                raise ValueError(f"cannot read config {path}: {e.strerror or e}") from None
+            except Exception as e:
+                raise ValueError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+            if not OmegaConf.is_dict(loaded):
+                raise ValueError(f"config {path} must be a mapping of LoopConfig fields")
+            cfg = OmegaConf.merge(cfg, loaded)
+        cfg = OmegaConf.merge(cfg, {k: v for k, v in overrides.items() if v is not None})
+    except OmegaConfBaseException as e:
+        allowed = ", ".join(f.name for f in fields(LoopConfig))
+        raise ValueError(f"bad config{' ' + path if path else ''}: {str(e).splitlines()[0]} "
+                         f"(fields: {allowed})") from None
+    loop_cfg = OmegaConf.to_object(cfg)
+    loop_cfg.check()
+    return loop_cfg
+
+
+def cmd_demo(args) -> int:
+    from trainer.loop import run
+
+    cfg = load_loop_config(args.config, {"out": args.out, "steps": args.steps, "seed": args.seed,
+                                         "model": args.model, "sampler": args.sampler})
+    print(f"ttt demo: {cfg.env} on model '{cfg.model}' with {cfg.sampler}, {cfg.steps} steps of "
+          f"{cfg.groups} groups x {cfg.group_size} samples -> {cfg.out}", flush=True)
+    records = run(cfg)
+    first, last = records[0]["reward_mean"], records[-1]["reward_mean"]
+    print(f"mean reward {first:.4f} -> {last:.4f}; best {records[-1]['best_reward']:.4f}; "
+          f"wrote {cfg.out}/metrics.jsonl and {cfg.out}/learning_curve.png")
+    return 0
+
+
+def _delegate(module: str, func: str):
+    def run(args) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), func)(args.rest)
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ttt", description="Test-time RL on verifiable problems.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the RL loop on the embedded tiny model and the toy task")
+    demo.add_argument("--out", default=None, help="output dir (default runs/demo)")
+    demo.add_argument("--steps", type=int, default=None)
+    demo.add_argument("--seed", type=int, default=None)
+    demo.add_argument("--model", default=None, help="'tiny' (default), a local HF dir or a hub name")
+    demo.add_argument("--sampler", choices=["vllm", "hf"], default=None)
+    demo.add_argument("--config", default=None, help="YAML file with LoopConfig fields")
+    demo.set_defaults(func=cmd_demo)
+
+    for name, module, func, help_text in [
+        ("verify", "envs.cli", "verify_main", "verify a program or construction in the sandbox"),
+        ("render", "envs.cli", "render_main", "draw a construction to PNG"),
+    ]:
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_delegate(module, func))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("TTT_DEBUG"):
+            raise
+        print(f"ttt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ttt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
