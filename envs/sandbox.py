@@ -159,7 +159,7 @@ def _argv(paths: cmd.RunPaths, limits: Limits, profile: SandboxProfile, procs_fi
     if profile.bwrap:
         if profile.setpriv:
             argv += [profile.setpriv, "--pdeathsig", "KILL"]
-        argv += cmd.bwrap_args(profile.bwrap, paths, env, limits.memory_mb, profile.as_root,
+        argv += cmd.bwrap_args(profile.bwrap, paths, env, limits.memory_mb, profile.as_root, profile.drop_uid,
                                profile.bwrap_tmpfs_size, seccomp_fd)
         argv += inner_drop + [sys.executable, "-I", "-S", "/sandbox/runner.py", "/job", "/out"]
         return argv, {"PATH": env["PATH"]}, paths.run_dir
@@ -236,7 +236,7 @@ def run_sandboxed(job: SandboxJob, limits: Limits = Limits(), profile: SandboxPr
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        outcome = _classify(paths, limits, proc.returncode, timed_out, cgroups)
+        outcome = _classify(paths, limits, job.result, proc.returncode, timed_out, cgroups)
         outcome.stdout_tail = read_tail(run_dir, "stdout", limits.tail_chars)
         outcome.stderr_tail = read_tail(run_dir, "stderr", limits.tail_chars)
     finally:
@@ -247,7 +247,8 @@ def run_sandboxed(job: SandboxJob, limits: Limits = Limits(), profile: SandboxPr
     return outcome
 
 
-def _classify(paths: cmd.RunPaths, limits: Limits, rc: int | None, timed_out: bool, cgroups) -> SandboxOutcome:
+def _classify(paths: cmd.RunPaths, limits: Limits, result_format: str, rc: int | None, timed_out: bool,
+              cgroups) -> SandboxOutcome:
     """Decide the status before looking at any result: timeout -> oom -> crash -> result."""
     pids_hit = bool(cgroups and cgroups.pids_limit_hits())
     base = dict(returncode=rc, pids_limit_hit=pids_hit)
@@ -275,17 +276,18 @@ def _classify(paths: cmd.RunPaths, limits: Limits, rc: int | None, timed_out: bo
                   "encode": "the return value is not plain data", "setup": "sandbox setup failed",
                   "import": "the program raised while loading", "call": "the program raised"}.get(phase, phase)
         return SandboxOutcome(kind, f"{prefix}: {error}", **base)
-    return _read_result(paths, limits, base)
+    return _read_result(paths, limits, result_format, base)
 
 
-def _read_result(paths: cmd.RunPaths, limits: Limits, base: dict) -> SandboxOutcome:
+def _read_result(paths: cmd.RunPaths, limits: Limits, result_format: str, base: dict) -> SandboxOutcome:
+    """Only the format that was asked for is read; anything else in out/ is ignored."""
+    name = "result.json" if result_format == "json" else "result.npz"
     try:
-        npz = read_capped(paths.out_dir, "result.npz", limits.max_result_bytes)
-        if npz is not None:
-            return SandboxOutcome("ok", arrays=parse_npz(npz, limits.max_result_bytes), **base)
-        text = read_capped(paths.out_dir, "result.json", limits.max_result_bytes)
-        if text is not None:
-            return SandboxOutcome("ok", value=parse_json(text), **base)
+        data = read_capped(paths.out_dir, name, limits.max_result_bytes)
+        if data is None:
+            return SandboxOutcome("invalid", "the program reported success but left no result", **base)
+        if result_format == "json":
+            return SandboxOutcome("ok", value=parse_json(data), **base)
+        return SandboxOutcome("ok", arrays=parse_npz(data, limits.max_result_bytes), **base)
     except ChannelError as e:
         return SandboxOutcome("invalid", f"unusable result: {e}", **base)
-    return SandboxOutcome("invalid", "the program reported success but left no result", **base)

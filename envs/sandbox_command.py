@@ -78,7 +78,7 @@ def _system_binds() -> list[str]:
 
 
 def bwrap_args(bwrap: str, paths: RunPaths, env: dict[str, str], memory_mb: int, as_root: bool,
-               tmpfs_size: bool, seccomp_fd: int | None) -> list[str]:
+               drop_uid_inside: bool, tmpfs_size: bool, seccomp_fd: int | None) -> list[str]:
     made = {"/usr", "/etc", "/tmp", "/dev", "/proc", "/job", "/out", "/sandbox"}
     args = [bwrap] + _system_binds()
     for root in interpreter_roots():
@@ -102,10 +102,12 @@ def bwrap_args(bwrap: str, paths: RunPaths, env: dict[str, str], memory_mb: int,
     for key, value in env.items():
         args += ["--setenv", key, value]
     args += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
-    if as_root:  # keep only what the inner setpriv needs to drop to the sandbox uid
-        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
-    else:
+    if not as_root:
         args += ["--unshare-user", "--disable-userns"]
+    elif drop_uid_inside:  # keep only what the inner setpriv needs to drop to the sandbox uid, nothing else
+        args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+    else:  # still uid 0 inside: empty the bounding set too, or exec would hand root every capability back
+        args += ["--cap-drop", "ALL"]
     return args + ["--"]
 
 

@@ -196,4 +196,6 @@ def run(job_dir, out_dir):
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    sys.exit(run(args[0] if args else "/job", args[1] if len(args) > 1 else "/out"))
+    code = run(args[0] if args else "/job", args[1] if len(args) > 1 else "/out")
+    # Leave now: a program's leftover non-daemon threads or atexit hooks must not delay or alter the exit.
+    os._exit(code)

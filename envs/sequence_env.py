@@ -18,6 +18,17 @@ from envs.result_channel import ChannelError, finite_float_array
 from envs.sandbox import SandboxJob, SandboxOutcome
 
 
+def as_generator(rng, default_seed: int) -> np.random.Generator:
+    """A numpy Generator from None (the env's seed), an int seed, a Generator or a random.Random."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None:
+        return np.random.default_rng(default_seed)
+    if hasattr(rng, "getrandbits"):
+        return np.random.default_rng(rng.getrandbits(64))
+    return np.random.default_rng(rng)
+
+
 @dataclass
 class SequenceEnv(ProgramEnv):
     min_length: int = 1
@@ -74,7 +85,7 @@ class SequenceEnv(ProgramEnv):
         raise NotImplementedError
 
     def initial_states(self, rng=None) -> list[State]:
-        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng if rng is not None else self.seed)
+        rng = as_generator(rng, self.seed)
         if self.initial_state == "none":
             return [State(code=self.baseline)]
         if self.initial_state == "best_available" and self.reference_key:

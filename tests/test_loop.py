@@ -48,3 +48,12 @@ def test_loop_with_hf_sampler_and_local_verifier(tmp_path):
     records = run(cfg, log=lambda *_: None)
     assert [r["adapter_version"] for r in records] == [0, 1]
     assert all(r["mismatch_max"] < 1e-4 for r in records)
+
+
+@pytest.mark.vllm
+def test_demo_defaults_learn(vllm_sampler, tmp_path):
+    """`ttt demo`'s default config (same seeds, same engine settings): mean reward visibly rises."""
+    records = run(LoopConfig(out=str(tmp_path)), sampler=vllm_sampler, log=lambda *_: None)
+    first, last = records[0]["reward_mean"], records[-1]["reward_mean"]
+    assert last > first + 0.1, [round(r["reward_mean"], 3) for r in records]
+    assert records[-1]["valid_rate"] == 1.0

@@ -105,6 +105,6 @@ def test_bad_input_is_refused_clearly(vllm_sampler, prompt):
     with pytest.raises(ValueError, match="max_tokens must be >= 1"):
         vllm_sampler.sample([prompt], 1, SamplingParams(max_tokens=0))
     with pytest.raises(ValueError, match="exceeds max_model_len"):
-        vllm_sampler.sample([prompt * 20], 1, SamplingParams(max_tokens=8))
+        vllm_sampler.sample([prompt * 30], 1, SamplingParams(max_tokens=8))
     with pytest.raises(ValueError, match="adapter version 99 is not loaded"):
         vllm_sampler.sample([prompt], 1, SamplingParams(max_tokens=8), version=99)

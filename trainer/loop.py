@@ -70,7 +70,7 @@ def run(cfg: LoopConfig, sampler=None, log=print) -> list[dict]:
     (out / "metrics.jsonl").unlink(missing_ok=True)
     model_path = resolve_model(cfg.model)
     env = make_env(cfg.env)
-    pool = VerifierPool(env, backend=cfg.verifier_backend)
+    pool = VerifierPool(env, backend=cfg.verifier_backend, progress=False)  # the step table is the progress
     if sampler is None:
         sampler = make_sampler(cfg.sampler, model_path, max_lora_rank=cfg.lora_rank, seed=cfg.seed,
                                max_model_len=cfg.max_model_len)

@@ -56,6 +56,15 @@ def test_fallback_without_bwrap_still_isolates_the_user_and_environment(monkeypa
         assert out.value[0] == 65534
 
 
+def test_no_capabilities_even_when_the_uid_drop_is_off(layers):
+    if not (os.geteuid() == 0 and layers["bwrap"]):
+        pytest.skip("only meaningful for bwrap started by root")
+    src = "def main():\n    s = open('/proc/self/status').read()\n    return s.split('CapEff:')[1].split()[0]\n"
+    for disabled in (set(), {"uid_drop"}):
+        out = run_sandboxed(SandboxJob(src, "main", result="json"), Limits(timeout_s=20), profile=detect_profile(disabled))
+        assert out.ok and int(out.value, 16) == 0, (disabled, out.value)
+
+
 def test_programs_get_thread_caps_multiprocessing_and_per_call_errors():
     src = textwrap.dedent("""
         import os
@@ -86,3 +95,10 @@ def test_syntax_errors_and_exceptions_are_classified():
     exits = run_sandboxed(SandboxJob("import os\ndef main():\n    os._exit(3)\n", "main"))
     assert exits.status == "runtime_error" and "without reporting" in exits.message
     assert run_sandboxed(SandboxJob("def main():\n    return {1, 2}\n", "main", result="json")).status == "invalid"
+
+
+def test_leftover_threads_and_atexit_hooks_do_not_delay_the_result():
+    src = ("import atexit, threading, time\ndef main():\n    threading.Thread(target=time.sleep, args=(60,)).start()\n"
+           "    atexit.register(time.sleep, 60)\n    return 5\n")
+    out = run_sandboxed(SandboxJob(src, "main", result="json"), Limits(timeout_s=10))
+    assert out.ok and out.value == 5 and out.wall_s < 8

@@ -1,0 +1,108 @@
+"""Sandbox overhead per evaluation and verifier-pool throughput, each against a baseline from the same run.
+
+    .venv/bin/python bench/bench_sandbox.py [--runs 40] [--evals 64] [--work-s 0.25]
+
+1. Overhead: median wall time of a bare `python -c pass` vs a full sandboxed evaluation of a trivial program
+   (run dir, cgroups, the whole launch stack, result read-back, clean-up), and the same protocol with every
+   protection layer off (what the runner protocol alone costs). Measurements are interleaved round-robin so
+   that load drift on a shared machine hits all variants alike. Goal: <= +30 ms median over the bare run.
+2. Throughput: `--evals` CPU-bound circle-packing evaluations (each burns ~`--work-s` s of CPU, then returns a
+   valid packing) sequentially in-process vs on a local Ray pool with 2 CPUs (and the threaded local backend).
+   Goal: >= 1.7x the sequential rate on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from envs.base import State  # noqa: E402
+from envs.circle_packing import CirclePackingEnv  # noqa: E402
+from envs.pool import VerifierPool  # noqa: E402
+from envs.sandbox import Limits, SandboxJob, run_sandboxed  # noqa: E402
+from envs.sandbox_profile import LAYERS, current_profile, detect_profile  # noqa: E402
+
+TRIVIAL = SandboxJob("def main():\n    return 0\n", "main", result="json")
+
+
+def overhead(runs: int) -> dict[str, float]:
+    full, bare_protocol = current_profile(), detect_profile(set(LAYERS))
+    variants = {
+        "bare `python -c pass`": lambda: subprocess.run([sys.executable, "-c", "pass"], check=True),
+        "runner protocol, no protection": lambda: run_sandboxed(TRIVIAL, Limits(timeout_s=30), profile=bare_protocol),
+        "full sandbox": lambda: run_sandboxed(TRIVIAL, Limits(timeout_s=30), profile=full),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for name, fn in variants.items():  # warm-up (page cache, profile detection)
+        fn()
+    for _ in range(runs):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) * 1000 for name, ts in times.items()}
+
+
+def cpu_program(work_s: float) -> str:
+    t0, n = time.process_time(), 0
+    while time.process_time() - t0 < 0.2:  # calibrate a pure-Python loop on this machine
+        for _ in range(100_000):
+            n += 1
+    iterations = int(n * work_s / 0.2)
+    baseline = CirclePackingEnv(n=26).baseline_program()
+    return (baseline + f"\n\n_run = run_packing\n\ndef run_packing():\n    x = 0\n"
+            f"    for i in range({iterations}):\n        x += i\n    return _run()\n")
+
+
+def throughput(evals: int, work_s: float) -> dict[str, float]:
+    env = CirclePackingEnv(n=26, timeout_s=60, memory_mb=512)
+    completions = [f"```python\n{cpu_program(work_s)}```"] * evals
+    states = [State()] * evals
+    rates = {}
+    for label, pool in (("sequential (local, 1 slot)", VerifierPool(env, backend="local", num_cpus=1)),
+                        ("local threads, 2 slots", VerifierPool(env, backend="local", num_cpus=2)),
+                        ("Ray pool, 2 CPUs", VerifierPool(env, backend="ray", num_cpus=2, progress=False))):
+        pool.evaluate(completions[:2], states[:2])  # warm-up: Ray workers start, imports load
+        t0 = time.perf_counter()
+        results = pool.evaluate(completions, states)
+        elapsed = time.perf_counter() - t0
+        assert all(r.ok for r in results), [r.message for r in results if not r.ok][:3]
+        rates[label] = evals / elapsed
+        pool.close()
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--evals", type=int, default=64)
+    parser.add_argument("--work-s", type=float, default=0.25)
+    args = parser.parse_args()
+    layers = current_profile().layers()
+    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')} | {platform.node()} | {os.cpu_count()} CPUs | "
+          f"Python {platform.python_version()} | load avg {os.getloadavg()[0]:.2f}")
+    print(f"# protections on: {', '.join(k for k, v in layers.items() if v)}; "
+          f"off: {', '.join(k for k, v in layers.items() if not v) or 'none'}\n")
+    ms = overhead(args.runs)
+    base = ms["bare `python -c pass`"]
+    print(f"| per-evaluation cost ({args.runs} runs, median) | ms | vs bare |\n|---|---:|---:|")
+    for name, value in ms.items():
+        print(f"| {name} | {value:.1f} | {value - base:+.1f} ms ({value / base:.2f}x) |")
+    rates = throughput(args.evals, args.work_s)
+    seq = rates["sequential (local, 1 slot)"]
+    print(f"\n| {args.evals} CPU-bound evaluations (~{args.work_s:g} s CPU each) | evals/s | vs sequential |\n"
+          "|---|---:|---:|")
+    for name, rate in rates.items():
+        print(f"| {name} | {rate:.2f} | {rate / seq:.2f}x |")
+    print(f"\n# load avg after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
