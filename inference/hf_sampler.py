@@ -26,6 +26,9 @@ class HFSampler:
         self.version: int | None = None
         self._adapter_paths: dict[int, str] = {}
 
+    def close(self) -> None:
+        pass
+
     def get_tokenizer(self):
         return self.tokenizer
 

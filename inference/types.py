@@ -32,4 +32,5 @@ class SampledSequence:
     stop_reason: str  # "stop" | "length"
     adapter_version: int | None  # None = the base model
     text: str = ""
+    mask: list[int] | None = None  # 1 = sampled, 0 = forced (e.g. a two-phase prefill); None = all sampled
     extra: dict = field(default_factory=dict)

@@ -37,9 +37,35 @@ class _StaleHFSampler(HFSampler):
 def test_a_sampler_that_does_not_swap_is_caught(tiny_model_path, tmp_path):
     cfg = LoopConfig(out=str(tmp_path), steps=3, groups=2, group_size=4, max_tokens=8, learning_rate=1e-2,
                      sampler="hf", verifier_backend="local")
-    with pytest.raises(SamplerMismatch, match="step 1: sampler and learner logprobs differ .* not serving adapter v1"):
+    with pytest.raises(SamplerMismatch, match="after swapping to v1, probe logprobs .* not serving adapter v1"):
         run(cfg, sampler=_StaleHFSampler(tiny_model_path), log=lambda *_: None)
     assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 1  # the completed step was kept
+
+
+class _ProbeFooledSampler(HFSampler):
+    """Answers the probe with the newest adapter but keeps sampling with its first one."""
+
+    def __init__(self, model_path):
+        super().__init__(model_path)
+        self._stale = HFSampler(model_path)
+
+    def load_adapter(self, version, path):
+        super().load_adapter(version, path)
+        if self._stale.version is None:
+            self._stale.load_adapter(version, path)
+
+    def sample(self, prompts_P, num_samples, params, seeds_P=None, version="current"):
+        groups = self._stale.sample(prompts_P, num_samples, params, seeds_P=seeds_P)
+        for seq in (s for group in groups for s in group):
+            seq.adapter_version = self.version  # it claims the new version
+        return groups
+
+
+def test_per_step_mismatch_is_caught_when_the_probe_is_fooled(tiny_model_path, tmp_path):
+    cfg = LoopConfig(out=str(tmp_path), steps=3, groups=2, group_size=4, max_tokens=8, learning_rate=1e-2,
+                     sampler="hf", verifier_backend="local")
+    with pytest.raises(SamplerMismatch, match="step 1: sampler and learner logprobs differ"):
+        run(cfg, sampler=_ProbeFooledSampler(tiny_model_path), log=lambda *_: None)
 
 
 def test_loop_with_hf_sampler_and_local_verifier(tmp_path):

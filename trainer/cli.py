@@ -60,6 +60,24 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_serve_vllm(args) -> int:
+    """Start a vLLM OpenAI server with runtime LoRA loading and keep it in the foreground."""
+    from inference.models import resolve_model
+    from inference.vllm_server import VLLMServer
+
+    extra = tuple(args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args)
+    server = VLLMServer(resolve_model(args.model), host=args.host, port=args.port, log_path=args.log,
+                        max_lora_rank=args.max_lora_rank, dtype=args.dtype, max_model_len=args.max_model_len,
+                        gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed, extra_args=extra)
+    print(f"ttt serve-vllm: starting {' '.join(server.command())}", flush=True)
+    server.start()
+    print(f"ttt serve-vllm: ready at {server.url} (log {server.log_path}); Ctrl-C stops it", flush=True)
+    try:
+        return server.proc.wait()
+    finally:
+        server.stop()
+
+
 def _delegate(module: str, func: str):
     def run(args) -> int:
         import importlib
@@ -81,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default=None, help="YAML file with LoopConfig fields")
     demo.set_defaults(func=cmd_demo)
 
+    serve = sub.add_parser("serve-vllm", help="start a vLLM OpenAI server with runtime LoRA loading")
+    serve.add_argument("--model", default="tiny")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-lora-rank", type=int, default=8)
+    serve.add_argument("--dtype", default="float32")
+    serve.add_argument("--max-model-len", type=int, default=512)
+    serve.add_argument("--gpu-memory-utilization", type=float, default=0.1)
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--log", default="vllm_server.log")
+    serve.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after --: passed to vLLM unchanged")
+    serve.set_defaults(func=cmd_serve_vllm)
+
     for name, module, func, help_text in [
         ("verify", "envs.cli", "verify_main", "verify a program or construction in the sandbox"),
         ("render", "envs.cli", "render_main", "draw a construction to PNG"),
@@ -101,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ttt: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a run that stopped itself for a stated reason (e.g. SamplerMismatch)
+        if os.environ.get("TTT_DEBUG") or type(e) is RuntimeError:
+            raise
+        print(f"ttt: stopped: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("ttt: interrupted", file=sys.stderr)
         return 130

@@ -12,13 +12,18 @@ import tinker
 
 
 def rollout_datum(prompt_tokens: Sequence[int], completion_tokens: Sequence[int],
-                  sampler_logprobs: Sequence[float], advantage: float) -> tinker.Datum:
+                  sampler_logprobs: Sequence[float], advantage: float,
+                  mask: Sequence[int] | None = None) -> tinker.Datum:
+    """`mask` marks completion tokens the policy chose (1) vs forced ones (0: advantage 0, logprob 0)."""
     if len(completion_tokens) != len(sampler_logprobs):
         raise ValueError(f"{len(completion_tokens)} completion tokens but {len(sampler_logprobs)} logprobs")
+    mask = [1] * len(completion_tokens) if mask is None else list(mask)
+    if len(mask) != len(completion_tokens):
+        raise ValueError(f"{len(completion_tokens)} completion tokens but a mask of {len(mask)}")
     seq = list(prompt_tokens) + list(completion_tokens)
     n_prompt_targets = len(prompt_tokens) - 1  # targets that are still prompt tokens
-    logprobs_T = [0.0] * n_prompt_targets + [float(lp) for lp in sampler_logprobs]
-    advantages_T = [0.0] * n_prompt_targets + [float(advantage)] * len(completion_tokens)
+    logprobs_T = [0.0] * n_prompt_targets + [float(lp) * m for lp, m in zip(sampler_logprobs, mask)]
+    advantages_T = [0.0] * n_prompt_targets + [float(advantage) * m for m in mask]
     return tinker.Datum(
         model_input=tinker.ModelInput.from_ints(seq[:-1]),
         loss_fn_inputs={
