@@ -44,6 +44,7 @@ class LoopConfig:
     sampler: str = "vllm"  # vllm (in-process) | server (vLLM OpenAI servers) | hf (HF/PEFT, no vLLM)
     server_urls: list[str] = field(default_factory=list)  # sampler=server: use these, else start num_servers
     num_servers: int = 1
+    sampler_args: dict = field(default_factory=dict)  # passed to the engine unchanged (e.g. vLLM LLM kwargs)
     verifier_backend: str = "ray"
     max_model_len: int = 512
     # fp32 vLLM and the learner agree to ~3e-6; beyond this the sampler is not serving what we trained
@@ -87,8 +88,8 @@ def run(cfg: LoopConfig, sampler=None, log=print) -> list[dict]:
     owns_sampler = sampler is None
     if owns_sampler:
         sampler = make_sampler(cfg.sampler, model_path, server_urls=cfg.server_urls, num_servers=cfg.num_servers,
-                               log_dir=str(out), max_lora_rank=cfg.lora_rank, seed=cfg.seed,
-                               max_model_len=cfg.max_model_len)
+                               log_dir=str(out), **{"max_lora_rank": cfg.lora_rank, "seed": cfg.seed,
+                                                    "max_model_len": cfg.max_model_len, **cfg.sampler_args})
     try:
         return _run(cfg, out, env, pool, sampler, model_path, log)
     finally:
