@@ -40,3 +40,8 @@ def test_config_with_unknown_field_or_bad_value(tmp_path):
     not_yaml = tmp_path / "not_yaml.yaml"
     not_yaml.write_text("a: [1, 2\n")
     assert "not valid YAML" in _one_error_line(_ttt("demo", "--config", str(not_yaml)))
+
+
+def test_serve_vllm_with_a_missing_model():
+    line = _one_error_line(_ttt("serve-vllm", "--model", "/no/such/model"))
+    assert "model path /no/such/model does not exist" in line

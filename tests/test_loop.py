@@ -83,3 +83,39 @@ def test_demo_defaults_learn(vllm_sampler, tmp_path):
     first, last = records[0]["reward_mean"], records[-1]["reward_mean"]
     assert last > first + 0.1, [round(r["reward_mean"], 3) for r in records]
     assert records[-1]["valid_rate"] == 1.0
+
+
+class _NoSwapVLLM:
+    """Wraps the real engine but never loads adapters after the first, while claiming the new version."""
+
+    def __init__(self, inner):
+        self.inner, self.version = inner, None
+
+    def load_adapter(self, version, path):
+        if self.version is None:
+            self.inner.load_adapter(version, path)
+        self.version = version
+
+    def sample(self, prompts_P, num_samples, params, seeds_P=None, version="current"):
+        groups = self.inner.sample(prompts_P, num_samples, params, seeds_P=seeds_P)
+        for seq in (s for g in groups for s in g):
+            seq.adapter_version = self.version
+        return groups
+
+    def compute_logprobs(self, tokens_T, version="current"):
+        return self.inner.compute_logprobs(tokens_T)
+
+    def get_tokenizer(self):
+        return self.inner.get_tokenizer()
+
+
+@pytest.mark.vllm
+def test_an_unswapped_vllm_adapter_is_caught(vllm_sampler, tmp_path):
+    cfg = LoopConfig(out=str(tmp_path), steps=3, groups=2, group_size=4, max_tokens=8, learning_rate=1e-2)
+    with pytest.raises(SamplerMismatch, match="after swapping to v1, probe logprobs"):
+        run(cfg, sampler=_NoSwapVLLM(vllm_sampler), log=lambda *_: None)
+    cfg.on_mismatch = "warn"
+    warnings = []
+    records = run(cfg, sampler=_NoSwapVLLM(vllm_sampler), log=warnings.append)
+    assert len(records) == 3 and records[1]["mismatch_max"] > 1e-3
+    assert any(str(w).startswith("warning: step 1: sampler and learner logprobs differ") for w in warnings)
