@@ -22,7 +22,7 @@ from inference.two_phase import DEFAULT_PREFILL, sample_two_phase
 from inference.types import SamplingParams
 from trainer.advantages import compute_advantages
 from trainer.datums import completion_logprobs, rollout_datum
-from trainer.envs import make_env
+from envs.registry import make_env
 from trainer.learner import LoRALearner, LoraSpec
 from trainer.report import append_jsonl, plot_curves, table_header, table_row
 
