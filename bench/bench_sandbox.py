@@ -7,8 +7,9 @@
    protection layer off (what the runner protocol alone costs). Measurements are interleaved round-robin so
    that load drift on a shared machine hits all variants alike. Goal: <= +30 ms median over the bare run.
 2. Throughput: `--evals` CPU-bound circle-packing evaluations (each burns ~`--work-s` s of CPU, then returns a
-   valid packing) sequentially in-process vs on a local Ray pool with 2 CPUs (and the threaded local backend).
-   Goal: >= 1.7x the sequential rate on 2 cores.
+   valid packing) sequentially in-process vs on a local Ray pool with 2 CPUs (and the threaded local backend),
+   in interleaved rounds. Goal: >= 1.7x the sequential rate on 2 cores. As a ceiling, the same CPU work as
+   bare processes 1 and 2 at a time shows how much parallelism the machine offers at that moment.
 """
 
 from __future__ import annotations
@@ -50,33 +51,63 @@ def overhead(runs: int) -> dict[str, float]:
     return {name: statistics.median(ts) * 1000 for name, ts in times.items()}
 
 
-def cpu_program(work_s: float) -> str:
+def loop_iterations(work_s: float) -> int:
+    """How many `x += i` iterations burn about `work_s` CPU seconds on this machine."""
     t0, n = time.process_time(), 0
-    while time.process_time() - t0 < 0.2:  # calibrate a pure-Python loop on this machine
+    while time.process_time() - t0 < 0.2:
         for _ in range(100_000):
             n += 1
-    iterations = int(n * work_s / 0.2)
+    return int(n * work_s / 0.2)
+
+
+def cpu_program(iterations: int) -> str:
+    """A circle-packing answer that burns CPU, then returns the (valid) baseline packing."""
     baseline = CirclePackingEnv(n=26).baseline_program()
     return (baseline + f"\n\n_run = run_packing\n\ndef run_packing():\n    x = 0\n"
             f"    for i in range({iterations}):\n        x += i\n    return _run()\n")
 
 
-def throughput(evals: int, work_s: float) -> dict[str, float]:
+class BareProcesses:
+    """The ceiling: the same CPU work as plain `python -c` processes, `width` at a time, no sandbox, no pool."""
+
+    def __init__(self, iterations: int, width: int):
+        loop = f"def work():\n    x = 0\n    for i in range({iterations}):\n        x += i\n\nwork()\n"
+        self.argv = [sys.executable, "-c", loop]
+        self.width = width
+
+    def evaluate(self, completions, states):
+        for start in range(0, len(completions), self.width):
+            procs = [subprocess.Popen(self.argv) for _ in completions[start:start + self.width]]
+            assert all(p.wait() == 0 for p in procs)
+        return []
+
+    def close(self):
+        pass
+
+
+def throughput(evals: int, work_s: float, rounds: int) -> dict[str, float]:
+    """Evaluations per second of each pool; rounds interleave the pools so load drift hits all alike."""
     env = CirclePackingEnv(n=26, timeout_s=60, memory_mb=512)
-    completions = [f"```python\n{cpu_program(work_s)}```"] * evals
-    states = [State()] * evals
-    rates = {}
-    for label, pool in (("sequential (local, 1 slot)", VerifierPool(env, backend="local", num_cpus=1)),
-                        ("local threads, 2 slots", VerifierPool(env, backend="local", num_cpus=2)),
-                        ("Ray pool, 2 CPUs", VerifierPool(env, backend="ray", num_cpus=2, progress=False))):
-        pool.evaluate(completions[:2], states[:2])  # warm-up: Ray workers start, imports load
-        t0 = time.perf_counter()
-        results = pool.evaluate(completions, states)
-        elapsed = time.perf_counter() - t0
-        assert all(r.ok for r in results), [r.message for r in results if not r.ok][:3]
-        rates[label] = evals / elapsed
+    iterations = loop_iterations(work_s)
+    completion = f"```python\n{cpu_program(iterations)}```"
+    pools = {"sequential (local, 1 slot)": VerifierPool(env, backend="local", num_cpus=1, progress=False),
+             "local threads, 2 slots": VerifierPool(env, backend="local", num_cpus=2, progress=False),
+             "Ray pool, 2 CPUs": VerifierPool(env, backend="ray", num_cpus=2, progress=False),
+             "ceiling: bare processes, 1 at a time": BareProcesses(iterations, 1),
+             "ceiling: bare processes, 2 at a time": BareProcesses(iterations, 2)}
+    elapsed = {name: 0.0 for name in pools}
+    for pool in pools.values():
+        pool.evaluate([completion] * 2, [State()] * 2)  # warm-up: Ray workers start, imports load
+    per_round = evals // rounds
+    for _ in range(rounds):
+        for name, pool in pools.items():
+            t0 = time.perf_counter()
+            results = pool.evaluate([completion] * per_round, [State()] * per_round)
+            elapsed[name] += time.perf_counter() - t0
+            assert all(r.ok for r in results), [r.message for r in results if not r.ok][:3]
+    for pool in pools.values():
         pool.close()
-    return rates
+    return {name: per_round * rounds / t for name, t in elapsed.items()}
 
 
 def main() -> None:
@@ -84,6 +115,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--evals", type=int, default=64)
     parser.add_argument("--work-s", type=float, default=0.25)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     layers = current_profile().layers()
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')} | {platform.node()} | {os.cpu_count()} CPUs | "
@@ -95,7 +127,7 @@ def main() -> None:
     print(f"| per-evaluation cost ({args.runs} runs, median) | ms | vs bare |\n|---|---:|---:|")
     for name, value in ms.items():
         print(f"| {name} | {value:.1f} | {value - base:+.1f} ms ({value / base:.2f}x) |")
-    rates = throughput(args.evals, args.work_s)
+    rates = throughput(args.evals, args.work_s, args.rounds)
     seq = rates["sequential (local, 1 slot)"]
     print(f"\n| {args.evals} CPU-bound evaluations (~{args.work_s:g} s CPU each) | evals/s | vs sequential |\n"
           "|---|---:|---:|")

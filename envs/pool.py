@@ -1,9 +1,10 @@
 """Verification on Ray CPU workers (or in-process threads), results in submission order.
 
 Deadlines: each evaluation enforces its own time limit inside the task (the sandbox kills the program's
-whole tree); the driver adds a backstop. Submissions are windowed to the CPUs available, so the backstop
-clock starts when a task can actually run, not while it queues (TTT-Discover known bug 4). Past the
-backstop the task is force-cancelled (its worker dies; sandboxes die with it via pdeathsig).
+whole tree); the driver adds a backstop. At most two tasks per CPU slot are in flight, and a task's backstop
+clock starts only once it is among the oldest `slots` unfinished tasks, i.e. when it can actually run, not
+while it queues (TTT-Discover known bug 4). Past the backstop the task is force-cancelled (its worker dies;
+sandboxes die with it via pdeathsig).
 Infrastructure failures (worker crash, OOM kill of the worker, lost node) are resubmitted a bounded number
 of times; program failures are final. Results are keyed by evaluation id and the first one wins, so a late
 duplicate can never overwrite a result.
@@ -77,6 +78,12 @@ class VerifierPool:
         self.backstop_s = backstop_s or ((1.25 * limit + 60.0) if limit else 600.0)
         self.max_infra_retries, self.progress, self.progress_min = max_infra_retries, progress, progress_min
         cpus = num_cpus or os.cpu_count() or 1
+        if address is None and getattr(env, "limits", None) is not None:
+            # programs will run on this host: detect the sandbox now, so a broken one fails here and the
+            # protections that are off are logged once in this process (Ray workers log to their own files)
+            from envs.sandbox_profile import current_profile
+
+            current_profile()
         if backend == "ray":
             import ray
 
@@ -134,13 +141,18 @@ class VerifierPool:
                     bar.update(1)
 
         while queue or pending:
-            while queue and len(pending) < self.slots:
+            while queue and len(pending) < 2 * self.slots:  # a spare task per slot hides scheduling gaps
                 i = queue.popleft()
                 if i in results:
                     continue
                 attempts[i] += 1
                 ref = self._remote.remote(self._env_ref, i, completions[i], states[i])
-                pending[ref] = (i, time.monotonic())
+                pending[ref] = [i, None]  # [job id, time its backstop clock started]
+            now = time.monotonic()
+            for k, entry in enumerate(pending.values()):  # the oldest `slots` tasks are the running ones
+                if k >= self.slots:
+                    break
+                entry[1] = entry[1] or now
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             if not ready:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
@@ -159,9 +171,11 @@ class VerifierPool:
                                                           f"{type(e).__name__}", extra={"attempts": attempts[i]}))
                 except RayTaskError as e:
                     record(i, failed("runtime_error", f"verification task raised: {str(e)[:300]}"))
+                except Exception as e:  # any other Ray error: final for this answer, never fatal for the batch
+                    record(i, failed("runtime_error", f"Ray error: {type(e).__name__}: {str(e)[:300]}"))
             now = time.monotonic()
             for ref, (i, started) in list(pending.items()):
-                if now - started > self.backstop_s:
+                if started is not None and now - started > self.backstop_s:
                     ray.cancel(ref, force=True)
                     del pending[ref]
                     record(i, failed("timeout", f"no result within the driver backstop of {self.backstop_s:g} s; "

@@ -4,8 +4,8 @@ Works on cgroup v1, v2 and hybrid hosts. Every run gets leaves named `ttt_sandbo
 inside this process's own cgroup of each hierarchy (delegation-friendly). The launcher shell
 joins them before exec'ing the sandbox (never preexec_fn: not thread-safe in Ray workers). No persistent
 parent dir is left in our cgroup, so whoever owns that cgroup can still remove it. Tree kill:
-v2 `cgroup.kill` (ignores setsid and namespaces), else v1 freezer freeze -> SIGKILL all -> thaw, else SIGKILL
-of every pid listed. Leaves of dead owners are reaped when support is first detected.
+v2 `cgroup.kill` (ignores setsid and namespaces), then v1 freezer freeze -> SIGKILL all -> thaw, then SIGKILL
+of every pid still listed in any of the run's cgroups. Leaves of dead owners are reaped when support is first detected.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 LEAF_PREFIX = "ttt_sandbox-"  # leaves sit directly in our own cgroup: nothing persists after a run
 
@@ -70,6 +70,7 @@ class CgroupSupport:
 
     parents: dict[str, str] = field(default_factory=dict)  # hierarchy -> our own cgroup dir (writable)
     v2_controllers: frozenset = frozenset()
+    kill_enabled: bool = True
 
     @property
     def memory(self) -> bool:
@@ -81,7 +82,19 @@ class CgroupSupport:
 
     @property
     def tree_kill(self) -> bool:
-        return "unified" in self.parents or "freezer" in self.parents
+        """Every process of a run can be found (cgroup.procs) and killed, wherever it moved."""
+        return self.kill_enabled and bool(self.parents)
+
+    @property
+    def any(self) -> bool:
+        return self.memory or self.pids or self.tree_kill
+
+    def without(self, feature: str) -> "CgroupSupport":
+        """A copy that no longer uses one feature: 'memory', 'pids' or 'kill'."""
+        if feature == "kill":
+            return replace(self, kill_enabled=False)
+        return replace(self, parents={k: v for k, v in self.parents.items() if k != feature},
+                       v2_controllers=self.v2_controllers - {feature})
 
     @classmethod
     def detect(cls) -> "CgroupSupport":
@@ -95,7 +108,10 @@ class CgroupSupport:
                 pass
             except OSError:
                 continue
-            usable = name != "unified" or os.path.exists(os.path.join(probe, "cgroup.kill"))  # kernel >= 5.14
+            usable = {"unified": lambda: os.path.exists(os.path.join(probe, "cgroup.kill")),  # kernel >= 5.14
+                      "memory": lambda: _write(os.path.join(probe, "memory.limit_in_bytes"), str(1 << 30)),
+                      "pids": lambda: _write(os.path.join(probe, "pids.max"), "64"),
+                      "freezer": lambda: _write(os.path.join(probe, "freezer.state"), "THAWED")}[name]()
             try:
                 os.rmdir(probe)
             except OSError:
@@ -171,6 +187,8 @@ class RunCgroups:
 
     def kill(self) -> None:
         """SIGKILL every process of the run, wherever it moved (setsid, new namespaces)."""
+        if not self.support.kill_enabled:
+            return
         if "unified" in self.dirs:
             _write(os.path.join(self.dirs["unified"], "cgroup.kill"), "1")
         freezer = self.dirs.get("freezer")
@@ -208,7 +226,7 @@ class RunCgroups:
 
     def destroy(self) -> None:
         """Kill what is left and remove the leaves, retrying while the kernel finishes the exits."""
-        for _ in range(200):
+        for _ in range(200 if self.support.kill_enabled else 3):
             self.kill()
             remaining = {}
             for hierarchy, leaf in self.dirs.items():

@@ -51,12 +51,18 @@ class SandboxProfile:
                 "seccomp": bool(self.seccomp_path)}
 
     def without(self, layer: str, reason: str) -> "SandboxProfile":
-        changes = {"cgroup_memory": {}, "cgroup_pids": {}, "cgroup_kill": {}, "prlimit": {"prlimit": None},
-                   "pdeathsig": {"setpriv": None, "drop_uid": False}, "uid_drop": {"drop_uid": False},
-                   "bwrap": {"bwrap": None}, "seccomp": {"seccomp_path": None}}[layer]
-        if layer.startswith("cgroup"):
-            changes = {"cgroups": None}
-        return replace(self, off={**self.off, layer: reason}, **changes)
+        """This profile with one layer off (and the layers that depend on it), each with its reason."""
+        off = {**self.off, layer: reason}
+        if layer.startswith("cgroup_"):
+            cgroups = self.cgroups.without(layer[len("cgroup_"):]) if self.cgroups else None
+            return replace(self, off=off, cgroups=cgroups if cgroups and cgroups.any else None)
+        if layer == "pdeathsig":  # the uid drop is done by setpriv too
+            if self.drop_uid:
+                off["uid_drop"] = f"needs setpriv, which is off ({reason})"
+            return replace(self, off=off, setpriv=None, drop_uid=False)
+        field_name, value = {"prlimit": ("prlimit", None), "uid_drop": ("drop_uid", False),
+                             "bwrap": ("bwrap", None), "seccomp": ("seccomp_path", None)}[layer]
+        return replace(self, off=off, **{field_name: value})
 
 
 def _private_dir(path: str, mode: int) -> str:
@@ -134,7 +140,7 @@ def _candidate_profile(disabled: set[str]) -> SandboxProfile:
             tmpfs_size = "--size" in usage.stdout + usage.stderr
         except (OSError, subprocess.SubprocessError):
             pass
-    profile = SandboxProfile(cgroups=cgroups if (cgroups.memory or cgroups.pids or cgroups.tree_kill) else None,
+    profile = SandboxProfile(cgroups=cgroups if cgroups.any else None,
                              prlimit=tools["prlimit"], setpriv=tools["setpriv"], drop_uid=drop_uid,
                              bwrap=tools["bwrap"], bwrap_tmpfs_size=tmpfs_size, seccomp_path=seccomp_path,
                              runner_path=runner_path, runs_dir=runs_dir, off=off)

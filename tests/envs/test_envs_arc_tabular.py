@@ -89,10 +89,16 @@ def test_tabular_metric_is_computed_by_the_verifier_on_hidden_labels():
 
 def test_tabular_rejects_bad_predictions():
     env = TabularEnv(dataset="breast_cancer", timeout_s=60)
-    for body, reason in (("np.zeros(5)", "shape"), ("np.full(len(X_test), np.nan)", "NaN"),
-                         ("np.full(len(X_test), 7)", "class labels"), ("np.full(len(X_test), 0.5)", "class labels")):
-        r = env.verify(f"import numpy as np\ndef run(X_train, y_train, X_test):\n    return {body}\n", State())
-        assert r.status == "invalid" and r.reward == 0.0 and reason in r.message, (body, r.message)
+    n_test = split_data("breast_cancer", 0.25, 0)[2].shape[0]
+    r = env.verify("import numpy as np\ndef run(X_train, y_train, X_test):\n    return np.zeros(5)\n", State())
+    assert r.status == "invalid" and r.reward == 0.0 and "shape" in r.message  # through the sandbox
+    for predictions, reason in ((np.full(n_test, 7.0), "class labels"), (np.full(n_test, 0.5), "class labels")):
+        r = env.verify_predictions(predictions)
+        assert r.status == "invalid" and r.reward == 0.0 and reason in r.message
+    from envs.sandbox import SandboxOutcome
+
+    r = env.score_outcome(SandboxOutcome("ok", arrays=[np.full(n_test, np.nan)]), State())
+    assert r.status == "invalid" and "NaN" in r.message
 
 
 def test_tabular_regression_r2_and_sklearn_inside_the_sandbox():

@@ -65,7 +65,7 @@ def local_ray(tmp_path_factory):
 
 
 def cp_batch():
-    env = CirclePackingEnv(n=26, timeout_s=2.0, memory_mb=512)
+    env = CirclePackingEnv(n=26, timeout_s=5.0, memory_mb=512)  # short for the loop, enough for a busy CI box
     good = f"```python\n{env.baseline_program()}```"
     overlap = "```python\nimport numpy as np\ndef run_packing():\n    return np.full((26, 2), 0.5), np.full(26, 0.1), 2.6\n```"
     loop = "```python\ndef run_packing():\n    while True:\n        pass\n```"
