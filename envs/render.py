@@ -103,21 +103,26 @@ def draw_arc(task: dict, predictions: list | None, title: str, out: str) -> None
     plt.close(fig)
 
 
+def draw_construction(env, construction, label: str, out: str, task_id: str = "") -> None:
+    """Draw one construction of `env` into `out` (PNG); ValueError if this env has nothing to draw."""
+    if env.name == "circle_packing":
+        draw_packing(construction, label, out)
+    elif env.name in ("ac1", "ac2", "erdos", "toy_digits"):
+        draw_step_function(construction, label, out, overlap=env.name == "erdos")
+    elif env.name == "arc":
+        named = construction.get("task_id") if isinstance(construction, dict) else None
+        task_id = named or task_id or env.task_ids[0]
+        predictions = construction.get("predictions") if isinstance(construction, dict) else None
+        draw_arc(env.task(task_id), predictions, label, out)
+    else:
+        raise InputError(f"env {env.name} has nothing to draw")
+
+
 def render(env, args, out: str) -> dict:
     """Draw `args.path` for `env` into `out`; returns {"score", "message"}."""
     construction, result = _construction(env, args)
     score = None if result is None else result.score
     status = "" if result is None else f"{result.status}"
     label = f"{env.name}: {status} score={score if score is not None else '-'}"
-    if env.name == "circle_packing":
-        draw_packing(construction, label, out)
-    elif env.name in ("ac1", "ac2", "erdos"):
-        draw_step_function(construction, label, out, overlap=env.name == "erdos")
-    elif env.name == "arc":
-        task_id = (construction or {}).get("task_id") if isinstance(construction, dict) else None
-        task_id = task_id or args.task or env.task_ids[0]
-        predictions = construction.get("predictions") if isinstance(construction, dict) else None
-        draw_arc(env.task(task_id), predictions, f"ARC {task_id} {status}", out)
-    else:
-        raise InputError(f"env {env.name} has nothing to draw")
+    draw_construction(env, construction, label, out, task_id=args.task or "")
     return {"score": score, "message": "" if result is None else result.message}

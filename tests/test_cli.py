@@ -45,3 +45,9 @@ def test_config_with_unknown_field_or_bad_value(tmp_path):
 def test_serve_vllm_with_a_missing_model():
     line = _one_error_line(_ttt("serve-vllm", "--model", "/no/such/model"))
     assert "model path /no/such/model does not exist" in line
+
+
+def test_eval_with_bad_overrides(tmp_path):
+    assert "not a PEFT adapter dir" in _one_error_line(_ttt("eval", f"checkpoint={tmp_path}"))
+    assert "key=value overrides" in _one_error_line(_ttt("eval", "checkpoint"))
+    assert "bad eval override" in _one_error_line(_ttt("eval", "nope=1"))

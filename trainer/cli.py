@@ -60,6 +60,29 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """`ttt eval key=value ...` (Hydra-style overrides of trainer.evaluate.EvalConfig)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from trainer.evaluate import EvalConfig, evaluate
+
+    bad = [a for a in args.overrides if "=" not in a]
+    if bad:
+        raise ValueError(f"ttt eval takes key=value overrides, got {bad[0]!r} (e.g. checkpoint=runs/demo/adapters/v12)")
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvalConfig),
+                                                  OmegaConf.from_dotlist(args.overrides)))
+    except OmegaConfBaseException as e:
+        allowed = ", ".join(f.name for f in fields(EvalConfig))
+        raise ValueError(f"bad eval override: {str(e).splitlines()[0]} (fields: {allowed})") from None
+    summary = evaluate(cfg)
+    print(f"ttt eval: {summary['env']} with {summary['checkpoint'] or 'the base model'}: n={summary['n']}, "
+          f"best reward {summary['reward_best']:.4f} (score {summary['best_score']}), mean "
+          f"{summary['reward_mean']:.4f}, valid rate {summary['valid_rate']:.2f}; wrote {cfg.out}/summary.json")
+    return 0
+
+
 def cmd_serve_vllm(args) -> int:
     """Start a vLLM OpenAI server with runtime LoRA loading and keep it in the foreground."""
     from inference.models import resolve_model
@@ -98,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sampler", choices=["vllm", "hf"], default=None)
     demo.add_argument("--config", default=None, help="YAML file with LoopConfig fields")
     demo.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser("eval", help="evaluate a saved adapter (or the base model) offline")
+    ev.add_argument("overrides", nargs="*", help="key=value, e.g. checkpoint=DIR env=toy_digits n=64")
+    ev.set_defaults(func=cmd_eval)
 
     serve = sub.add_parser("serve-vllm", help="start a vLLM OpenAI server with runtime LoRA loading")
     serve.add_argument("--model", default="tiny")
