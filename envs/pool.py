@@ -51,7 +51,11 @@ def _evaluate_one(env: Env, completion: str, state: State) -> VerifyResult:
 
 
 def _evaluate_keyed(env: Env, job_id: int, completion: str, state: State) -> tuple[int, VerifyResult]:
-    return job_id, _evaluate_one(env, completion, state)
+    import ray
+
+    result = _evaluate_one(env, completion, state)
+    result.extra["ray_node"] = ray.get_runtime_context().get_node_id()  # where it ran, for cluster logs
+    return job_id, result
 
 
 def _infra_errors() -> tuple[type, ...]:
@@ -90,7 +94,9 @@ class VerifierPool:
             init_ray(address, num_cpus)
             cpus = ray.cluster_resources().get("CPU", cpus)
             self._env_ref = ray.put(env)
-            self._remote = ray.remote(num_cpus=cpus_per_eval, max_retries=0, retry_exceptions=False)(_evaluate_keyed)
+            # SPREAD: verifications are CPU-bound, so use every node of a cluster rather than packing the first
+            self._remote = ray.remote(num_cpus=cpus_per_eval, max_retries=0, retry_exceptions=False,
+                                      scheduling_strategy="SPREAD")(_evaluate_keyed)
         self.slots = max(1, int(cpus // cpus_per_eval))
 
     def _bar(self, n: int):
