@@ -14,10 +14,15 @@ import pytest
 
 RAY = str(Path(sys.executable).with_name("ray"))
 SCRIPT = """
-import collections, sys
+import sys, time
+import ray
 from envs.base import State
-from envs.pool import VerifierPool
+from envs.pool import VerifierPool, init_ray
 from envs.toy_digits import ToyDigitsEnv
+init_ray(sys.argv[1])
+deadline = time.monotonic() + 90
+while sum(n["Alive"] for n in ray.nodes()) < 2 and time.monotonic() < deadline:
+    time.sleep(0.5)  # the worker node registers asynchronously
 pool = VerifierPool(ToyDigitsEnv(length=4), backend="ray", address=sys.argv[1], cpus_per_eval=1.0)
 results = pool.evaluate(["1234 5678"] * 24, [State()] * 24)
 assert all(r.status == "ok" for r in results), [r.status for r in results]
@@ -47,12 +52,6 @@ def test_verifications_run_on_both_nodes_of_a_loopback_cluster():
     try:
         worker = _ray("start", f"--address=127.0.0.1:{port}", "--num-cpus=1", *common[:3], env=env)
         assert worker.returncode == 0, worker.stderr[-2000:]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # the second node registers asynchronously
-            status = _ray("status", f"--address=127.0.0.1:{port}", env=env).stdout
-            if status.count("node_") >= 2:
-                break
-            time.sleep(1)
         run = subprocess.run([sys.executable, "-c", SCRIPT, f"127.0.0.1:{port}"], env=env, capture_output=True,
                              text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
