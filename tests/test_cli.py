@@ -51,3 +51,15 @@ def test_eval_with_bad_overrides(tmp_path):
     assert "not a PEFT adapter dir" in _one_error_line(_ttt("eval", f"checkpoint={tmp_path}"))
     assert "key=value overrides" in _one_error_line(_ttt("eval", "checkpoint"))
     assert "bad eval override" in _one_error_line(_ttt("eval", "nope=1"))
+
+
+def test_verify_through_the_console_script(tmp_path):
+    assert _ttt("verify", "--help").stdout.startswith("usage: ttt verify")
+    construction = tmp_path / "flat.json"
+    construction.write_text('{"heights": [1, 1, 1, 1]}')
+    proc = _ttt("verify", "--env", "ac1", str(construction))
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    record = json.loads(proc.stdout)
+    assert record["status"] == "ok" and abs(record["score"] - 2.0) < 1e-12  # a flat step function has C1 = 2

@@ -101,12 +101,11 @@ def cmd_serve_vllm(args) -> int:
         server.stop()
 
 
-def _delegate(module: str, func: str):
-    def run(args) -> int:
-        import importlib
-
-        return getattr(importlib.import_module(module), func)(args.rest)
-    return run
+# Subcommands whose own parser lives with the code they run (envs knows nothing of the trainer).
+DELEGATED = {
+    "verify": ("envs.cli", "verify_main", "verify a program or construction in the sandbox"),
+    "render": ("envs.cli", "render_main", "draw a construction to PNG"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,18 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after --: passed to vLLM unchanged")
     serve.set_defaults(func=cmd_serve_vllm)
 
-    for name, module, func, help_text in [
-        ("verify", "envs.cli", "verify_main", "verify a program or construction in the sandbox"),
-        ("render", "envs.cli", "render_main", "draw a construction to PNG"),
-    ]:
-        p = sub.add_parser(name, help=help_text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_delegate(module, func))
+    for name, (_, _, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)  # listed in --help; dispatched in main()
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        module, func, _ = DELEGATED[argv[0]]
+        return getattr(importlib.import_module(module), func)(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
