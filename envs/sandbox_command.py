@@ -81,17 +81,18 @@ def bwrap_args(bwrap: str, paths: RunPaths, env: dict[str, str], memory_mb: int,
                drop_uid_inside: bool, tmpfs_size: bool, seccomp_fd: int | None) -> list[str]:
     made = {"/usr", "/etc", "/tmp", "/dev", "/proc", "/job", "/out", "/sandbox"}
     args = [bwrap] + _system_binds()
+    size = (lambda mb: ["--size", str(mb << 20)]) if tmpfs_size else (lambda mb: [])
+    args += ["--proc", "/proc", "--dev", "/dev",
+             "--perms", "1777", *size(memory_mb), "--tmpfs", "/tmp",
+             "--perms", "1777", *size(max(16, memory_mb // 2)), "--tmpfs", "/dev/shm",
+             "--perms", "1777", *size(memory_mb), "--tmpfs", "/job"]
+    # After the tmpfs mounts, so an interpreter or venv that lives under /tmp (e.g. a CI checkout) stays visible
     for root in interpreter_roots():
         for parent in _ancestors(root):
             if parent not in made:  # bwrap would create it 0700, unreadable for uid 65534
                 args += ["--perms", "0755", "--dir", parent]
                 made.add(parent)
         args += ["--ro-bind", root, root]
-    size = (lambda mb: ["--size", str(mb << 20)]) if tmpfs_size else (lambda mb: [])
-    args += ["--proc", "/proc", "--dev", "/dev",
-             "--perms", "1777", *size(memory_mb), "--tmpfs", "/tmp",
-             "--perms", "1777", *size(max(16, memory_mb // 2)), "--tmpfs", "/dev/shm",
-             "--perms", "1777", *size(memory_mb), "--tmpfs", "/job"]
     for name in JOB_FILES:
         args += ["--ro-bind-try", os.path.join(paths.job_dir, name), f"/job/{name}"]
     args += ["--bind", paths.out_dir, "/out", "--perms", "0755", "--dir", "/sandbox",

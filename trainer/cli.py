@@ -103,6 +103,7 @@ def cmd_serve_vllm(args) -> int:
 
 # Subcommands whose own parser lives with the code they run (envs knows nothing of the trainer).
 DELEGATED = {
+    "serve": ("shim.server.main", "serve_main", "an HTTP server speaking Tinker's wire protocol over local GPUs"),
     "verify": ("envs.cli", "verify_main", "verify a program or construction in the sandbox"),
     "render": ("envs.cli", "render_main", "draw a construction to PNG"),
 }

@@ -19,11 +19,16 @@ import ray
 from envs.base import State
 from envs.pool import VerifierPool, init_ray
 from envs.toy_digits import ToyDigitsEnv
+class SlowToy(ToyDigitsEnv):
+    # long enough that evaluations overlap: each node has one CPU, so the second node must take some
+    def verify(self, answer, state):
+        time.sleep(0.3)
+        return super().verify(answer, state)
 init_ray(sys.argv[1])
 deadline = time.monotonic() + 90
 while sum(n["Alive"] for n in ray.nodes()) < 2 and time.monotonic() < deadline:
     time.sleep(0.5)  # the worker node registers asynchronously
-pool = VerifierPool(ToyDigitsEnv(length=4), backend="ray", address=sys.argv[1], cpus_per_eval=1.0)
+pool = VerifierPool(SlowToy(length=4), backend="ray", address=sys.argv[1], cpus_per_eval=1.0)
 results = pool.evaluate(["1234 5678"] * 24, [State()] * 24)
 assert all(r.status == "ok" for r in results), [r.status for r in results]
 print("NODES", len({r.extra["ray_node"] for r in results}), "SLOTS", pool.slots)
