@@ -121,3 +121,26 @@ def test_bad_datums_name_the_datum_and_the_field(learner):
         learner.forward_backward([huge], "importance_sampling")
     with pytest.raises(ValueError, match="unknown loss_fn"):
         learner.forward_backward([good], "nope")
+
+
+def test_more_bad_inputs_are_one_line_errors_naming_datum_and_field(learner):
+    good = rollout_datum(PROMPT, COMPLETION, SAMPLER_LP, 1.0)
+    n = good.model_input.length
+    top_k = tinker.Datum(model_input=good.model_input, loss_fn_inputs={
+        **good.loss_fn_inputs, "target_tokens": tinker.TensorData(data=[1] * (2 * n), dtype="int64", shape=[n, 2])})
+    with pytest.raises(ValueError, match=r"datum 1: loss_fn_inputs\['target_tokens'\] has shape \(12, 2\), "
+                                         r"expected \(12,\) like model_input"):
+        learner.forward_backward([good, top_k], "importance_sampling")  # (N, K) targets: cross_entropy only
+    with pytest.raises(ValueError, match=r"datum 0: loss_fn_inputs lacks 'weights', which cross_entropy needs"):
+        learner.forward_backward([good], "cross_entropy")
+    negative = tinker.Datum(model_input=tinker.ModelInput.from_ints([5, -3] + PROMPT[2:] + COMPLETION[:-1]),
+                            loss_fn_inputs=good.loss_fn_inputs)
+    with pytest.raises(ValueError, match=r"datum 0: model_input has token id -3 outside the vocabulary"):
+        learner.forward_backward([negative], "importance_sampling")
+    with pytest.raises(ValueError, match=r"datum 0: loss_fn_inputs lacks 'target_tokens', which base_logprobs needs"):
+        learner.base_logprobs([tinker.Datum(model_input=good.model_input, loss_fn_inputs={})])
+    with pytest.raises(ValueError, match=r"loss_fn_config key 'beta' is not used by ppo"):
+        learner.forward_backward([good], "ppo", {"beta": 0.1})
+    with pytest.raises(ValueError, match="no datums"):
+        learner.forward([], "importance_sampling")
+    assert all(p.grad is None for p in learner.params)  # every check runs before any compute

@@ -1,22 +1,34 @@
-"""A PEFT LoRA learner with Tinker's semantics: forward_backward accumulates summed-loss gradients over
-Datum-shaped inputs until optim_step applies one AdamW step; save_adapter writes a PEFT dir vLLM can load.
+"""A PEFT LoRA learner with Tinker's TrainingClient semantics (../shared/docs/TINKER_API.md 3.2, 4, 5).
+
+forward_backward accumulates summed-loss gradients over Datums until optim_step applies one AdamW step;
+outputs carry per-datum token logprobs and `name:reduction` metrics. One process, or many under
+`accelerate launch` with DeepSpeed ZeRO (trainer/distributed.py): then every rank gets the same call with the
+full list of datums, works on its shard, and returns the same result.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from trainer.losses import LOSS_INPUTS, check_loss, token_loss_sum
+from trainer import distributed, learner_state
+from trainer.learner_custom import run_custom_loss
+from trainer.learner_inputs import PreparedDatum, fields_for, plan_micro_batches, prepare_data, shard_by_tokens
+from trainer.learner_logprobs import PACKABLE_MODEL_TYPES, batch_logprobs
+from trainer.losses import check_loss, token_loss_sum
 
 ATTN_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP_MODULES = ["gate_proj", "up_proj", "down_proj"]
+UNEMBED_MODULES = ["lm_head"]
+# A rank with no datums left still runs a pass on this so that it joins the other ranks' collectives.
+_IDLE_DATUM = PreparedDatum([0], {"target_tokens": torch.zeros(1, dtype=torch.long)})
 
 
 @dataclass(frozen=True)
 class LoraSpec:
+    """Tinker's LoraConfig. train_unembed defaults to False here because vLLM cannot serve lm_head LoRA."""
     rank: int = 8
     alpha: float = 32.0
     seed: int = 0
@@ -26,7 +38,7 @@ class LoraSpec:
 
     def target_modules(self) -> list[str]:
         modules = (ATTN_MODULES if self.train_attn else []) + (MLP_MODULES if self.train_mlp else [])
-        modules += ["lm_head"] if self.train_unembed else []
+        modules += UNEMBED_MODULES if self.train_unembed else []
         if not modules:
             raise ValueError("LoRA trains nothing: set at least one of train_attn, train_mlp, train_unembed")
         return modules
@@ -34,6 +46,7 @@ class LoraSpec:
 
 @dataclass(frozen=True)
 class AdamParams:
+    """Same fields and defaults as tinker.AdamParams, for callers that do not import tinker."""
     learning_rate: float = 1e-4
     beta1: float = 0.9
     beta2: float = 0.95
@@ -42,127 +55,193 @@ class AdamParams:
     grad_clip_norm: float = 0.0
 
 
-def _tokens(datum: Any) -> list[int]:
-    model_input = datum.model_input
-    return list(model_input.to_ints()) if hasattr(model_input, "to_ints") else list(model_input)
-
-
-def _tensor(value: Any, dtype: torch.dtype) -> torch.Tensor:
-    if hasattr(value, "to_torch"):
-        value = value.to_torch()
-    elif hasattr(value, "data") and not isinstance(value, torch.Tensor):
-        value = value.data
-    return torch.as_tensor(value, dtype=dtype)
+def resolve_dtype(dtype: torch.dtype | str, device: str) -> torch.dtype:
+    """dtype "auto" = bf16 on GPU, fp32 on CPU (fp32 keeps learner and fp32 vLLM logprobs within ~3e-6)."""
+    if dtype == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
 class LoRALearner:
-    def __init__(self, model_path: str, lora: LoraSpec = LoraSpec(), dtype: torch.dtype = torch.float32,
-                 device: str = "cpu", micro_batch_tokens: int = 8192):
+    def __init__(self, model_path: str, lora: LoraSpec = LoraSpec(), dtype: torch.dtype | str = "auto",
+                 device: str = "cpu", micro_batch_tokens: int = 8192, gradient_checkpointing: bool = False,
+                 packing: bool = True, attn_implementation: str | None = None, use_deepspeed: bool | None = None,
+                 base_model: torch.nn.Module | None = None, model_id: str = "local:train:0"):
+        """`model_path`: a local HF dir (also the tokenizer id). `base_model`: an already built causal LM to use
+        instead of loading one (benchmarks). `use_deepspeed`: None = when started by `accelerate launch` with
+        a DeepSpeed config. `packing`: padding-free micro-batches where the architecture supports it."""
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
-        torch.manual_seed(lora.seed)
+        device = distributed.local_device(device)
+        self.dtype = resolve_dtype(dtype, device)
+        if base_model is None:
+            extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            base_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype, **extra)
+        base_model = base_model.to(device=device, dtype=self.dtype)
+        base_model.requires_grad_(False)  # only LoRA matrices train; get_peft_model also freezes, say it here
+        torch.manual_seed(lora.seed)  # the LoRA A init draws from the global generator
         config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=lora.target_modules(),
                             lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
-        self.model = get_peft_model(base, config)
-        self.model.train()
-        self.lora, self.device, self.micro_batch_tokens = lora, device, micro_batch_tokens
-        self.vocab_size = base.config.vocab_size
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4)
+        self.model = get_peft_model(base_model, config)
+        if gradient_checkpointing:  # non-reentrant: frozen embeddings need no requires_grad hack
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.train()  # dropout is 0 everywhere, so train mode only switches checkpointing on
+        self.model_path, self.model_id, self.lora, self.device = model_path, model_id, lora, device
+        self.micro_batch_tokens = micro_batch_tokens
+        self.model_config = base_model.config
+        self.vocab_size = base_model.config.vocab_size
+        self.packing = packing and base_model.config.model_type in PACKABLE_MODEL_TYPES
+        self.named_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.named_params]
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
+        self.engine = None
+        if distributed.launched_with_deepspeed() if use_deepspeed is None else use_deepspeed:
+            self.engine, self.optimizer = distributed.wrap_with_deepspeed(self.model, self.optimizer)
+            self.device = str(self.engine.device)  # where DeepSpeed placed this rank's model
         self.steps = 0
 
-    # -- inputs -------------------------------------------------------------------------------------
-    def _prepare(self, data: Sequence[Any], loss_fn: str) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
-        """Validate every datum; one error naming the datum and the field."""
-        needed = ("target_tokens",) + LOSS_INPUTS[loss_fn]
-        prepared = []
-        for i, datum in enumerate(data):
-            tokens = _tokens(datum)
-            if not tokens:
-                raise ValueError(f"datum {i}: model_input is empty")
-            inputs = {}
-            for key in needed:
-                if key not in datum.loss_fn_inputs:
-                    raise ValueError(f"datum {i}: loss_fn_inputs lacks {key!r}, which {loss_fn} needs")
-                dtype = torch.long if key == "target_tokens" else torch.float32
-                t = _tensor(datum.loss_fn_inputs[key], dtype)
-                if t.shape != (len(tokens),):
-                    raise ValueError(f"datum {i}: loss_fn_inputs[{key!r}] has shape {tuple(t.shape)}, "
-                                     f"expected ({len(tokens)},) like model_input")
-                inputs[key] = t
-            for key, ids in (("model_input", torch.tensor(tokens)), ("target_tokens", inputs["target_tokens"])):
-                if ids.min() < 0 or ids.max() >= self.vocab_size:
-                    raise ValueError(f"datum {i}: {key} has token id {int(ids.max())} outside the vocabulary "
-                                     f"[0, {self.vocab_size})")
-            prepared.append((tokens, inputs))
-        return prepared
+    # -- compute --------------------------------------------------------------------------------------
+    def _call_model(self, **inputs) -> torch.Tensor:
+        module = self.engine if self.engine is not None else self.model
+        # use_cache=False: a KV cache would also stop transformers from reading packing from position_ids
+        return module(**inputs, use_cache=False).logits
 
-    def _micro_batches(self, n_tokens: list[int]) -> list[list[int]]:
-        """Datum indices grouped so that each padded batch holds at most micro_batch_tokens."""
-        batches: list[list[int]] = []
-        current: list[int] = []
-        for i in sorted(range(len(n_tokens)), key=lambda j: -n_tokens[j]):  # longest first = batch width
-            if current and n_tokens[current[0]] * (len(current) + 1) > self.micro_batch_tokens:
-                batches.append(current)
-                current = []
-            current.append(i)
-        return batches + ([current] if current else [])
+    def _run(self, prepared: list[PreparedDatum], loss_fn: str | None, config: dict[str, float],
+             backward: bool) -> tuple[list[torch.Tensor], float]:
+        """Logprobs of every datum and the summed loss; with backward, gradients accumulate.
 
-    def _logprobs(self, batch: list[tuple[list[int], dict[str, torch.Tensor]]]) -> list[torch.Tensor]:
-        """Per-datum log p(target_t | model_input_<=t), right-padded into one forward pass."""
-        width = max(len(tokens) for tokens, _ in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for b, (tokens, _) in enumerate(batch):
-            ids[b, : len(tokens)] = torch.tensor(tokens)
-            mask[b, : len(tokens)] = 1
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
-        out = []
-        for b, (tokens, inputs) in enumerate(batch):
-            logp = torch.log_softmax(logits[b, : len(tokens)], dim=-1)
-            out.append(logp.gather(-1, inputs["target_tokens"].to(self.device)[:, None])[:, 0])
-        return out
+        Micro-batches hold at most micro_batch_tokens tokens; under DeepSpeed each rank takes a token-balanced
+        shard and all ranks run the same number of passes (ZeRO reduces gradients, and ZeRO-3 gathers weights,
+        in collectives that every rank must join).
+        """
+        lengths = [len(d.tokens) for d in prepared]
+        world = distributed.world_size() if self.engine is not None else 1
+        mine = shard_by_tokens(lengths, world)[distributed.rank()] if world > 1 else list(range(len(prepared)))
+        plan = [[mine[j] for j in group]
+                for group in plan_micro_batches([lengths[i] for i in mine], self.micro_batch_tokens, self.packing)]
+        n_passes = distributed.all_reduce_max(len(plan)) if world > 1 else len(plan)
+        logprobs: dict[int, torch.Tensor] = {}
+        total = 0.0
+        for p in range(n_passes):
+            idx = plan[p] if p < len(plan) else []
+            batch = [prepared[i] for i in idx] or [_IDLE_DATUM]
+            with torch.set_grad_enabled(backward):
+                lps = batch_logprobs(self._call_model, batch, self.packing, self.device)
+                if idx and loss_fn is not None:
+                    loss = sum(token_loss_sum(loss_fn, lp, {k: v.to(self.device) for k, v in d.inputs.items()},
+                                              config) for lp, d in zip(lps, batch))
+                    total += float(loss.detach())
+                else:
+                    loss = lps[0].sum() * 0.0
+                if backward:
+                    self._backward(loss, world)
+            for i, lp in zip(idx, lps):
+                logprobs[i] = lp.detach().cpu()
+        if world > 1:
+            total = distributed.all_reduce_sum(total)
+            for part in distributed.all_gather_objects(logprobs):
+                logprobs.update(part)
+        return [logprobs[i] for i in range(len(prepared))], total
 
-    # -- Tinker operations --------------------------------------------------------------------------
+    def _backward(self, loss: torch.Tensor, world: int) -> None:
+        if self.engine is None:
+            loss.backward()
+        else:  # DeepSpeed averages gradients over ranks; Tinker sums over all datums of all ranks
+            self.engine.backward(loss * world)
+
+    # -- Tinker operations ----------------------------------------------------------------------------
     def forward_backward(self, data: Sequence[Any], loss_fn: str, loss_fn_config: dict | None = None,
                          forward_only: bool = False) -> dict:
         """Sum-reduced loss over all tokens of all datums; gradients accumulate until optim_step.
 
-        Returns {"loss_fn_outputs": [{"logprobs": tensor}], "metrics": {"loss:sum": float}}.
+        Returns {"loss_fn_outputs": [{"logprobs": tensor shaped like target_tokens}], "metrics": {"loss:sum"}}.
         """
         config = check_loss(loss_fn, loss_fn_config)
-        prepared = self._prepare(data, loss_fn)
-        logprobs: list[torch.Tensor | None] = [None] * len(prepared)
-        total = 0.0
-        for idx in self._micro_batches([len(t) for t, _ in prepared]):
-            batch = [prepared[i] for i in idx]
-            with torch.set_grad_enabled(not forward_only):
-                lps = self._logprobs(batch)
-                loss = sum(token_loss_sum(loss_fn, lp, {k: v.to(self.device) for k, v in inp.items()}, config)
-                           for lp, (_, inp) in zip(lps, batch))
-                if not forward_only:
-                    loss.backward()
-            total += float(loss.detach())
-            for i, lp in zip(idx, lps):
-                logprobs[i] = lp.detach().cpu()
+        prepared = prepare_data(data, fields_for(loss_fn), self.vocab_size, loss_fn,
+                                allow_top_k=loss_fn == "cross_entropy")
+        logprobs, total = self._run(prepared, loss_fn, config, backward=not forward_only)
         return {"loss_fn_outputs": [{"logprobs": lp} for lp in logprobs], "metrics": {"loss:sum": total}}
 
-    def optim_step(self, adam: AdamParams) -> dict:
+    def forward(self, data: Sequence[Any], loss_fn: str, loss_fn_config: dict | None = None) -> dict:
+        """forward_backward without gradients: logprobs and loss metrics only."""
+        return self.forward_backward(data, loss_fn, loss_fn_config, forward_only=True)
+
+    def forward_backward_custom(self, data: Sequence[Any],
+                                loss_fn: Callable[[list, list[torch.Tensor]], tuple[torch.Tensor, dict]]) -> dict:
+        """Tinker's client-side custom loss: forward -> loss_fn(data, logprobs_list) -> d loss / d logprobs ->
+        a cross_entropy forward_backward with weights = -gradient (~1.5x the FLOPs of a built-in loss).
+
+        Metrics: loss:sum = the custom loss, surrogate_loss:sum = the cross_entropy pass's loss, plus
+        loss_fn's own metrics.
+        """
+        prepared = prepare_data(data, ("target_tokens",), self.vocab_size, "forward_backward_custom",
+                                allow_top_k=True)
+        logprobs, _ = self._run(prepared, None, {}, backward=False)
+        weights, custom_loss, custom_metrics = run_custom_loss(loss_fn, list(data), logprobs)
+        linear = [PreparedDatum(d.tokens, {"target_tokens": d.inputs["target_tokens"], "weights": w})
+                  for d, w in zip(prepared, weights)]
+        logprobs, surrogate = self._run(linear, "cross_entropy", {}, backward=True)
+        metrics = {**custom_metrics, "loss:sum": custom_loss, "surrogate_loss:sum": surrogate}
+        return {"loss_fn_outputs": [{"logprobs": lp} for lp in logprobs], "metrics": metrics}
+
+    def base_logprobs(self, data: Sequence[Any]) -> list[torch.Tensor]:
+        """Target logprobs of the base model (adapter disabled), e.g. for a KL penalty, with no second copy."""
+        prepared = prepare_data(data, ("target_tokens",), self.vocab_size, "base_logprobs", allow_top_k=True)
+        with self.model.disable_adapter():
+            logprobs, _ = self._run(prepared, None, {}, backward=False)
+        return logprobs
+
+    def optim_step(self, adam: Any) -> dict:
+        """One AdamW step with Tinker's AdamParams (decoupled weight decay; grad_clip_norm 0 = no clipping).
+
+        Returns {"grad_norm:mean": global gradient norm before clipping}; gradients are cleared.
+        """
         for group in self.optimizer.param_groups:
             group.update(lr=adam.learning_rate, betas=(adam.beta1, adam.beta2), eps=adam.eps,
                          weight_decay=adam.weight_decay)
-        metrics = {}
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.params, adam.grad_clip_norm if adam.grad_clip_norm > 0 else float("inf"))
-        metrics["grad_norm:mean"] = float(grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.engine is not None:
+            self.optimizer.clip_grad = float(adam.grad_clip_norm)  # ZeRO reads it at each step; 0 = off
+            self.engine.step()
+            grad_norm = float(self.engine.get_global_grad_norm() or 0.0)  # None: no gradient since last step
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                self.params, adam.grad_clip_norm if adam.grad_clip_norm > 0 else float("inf")))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
-        return metrics
+        return {"grad_norm:mean": grad_norm}
 
     def save_adapter(self, path: str) -> str:
-        """A PEFT adapter dir (adapter_config.json + adapter_model.safetensors) for vLLM and HF."""
-        self.model.save_pretrained(path)
+        """A PEFT adapter dir (adapter_config.json + adapter_model.safetensors) that vLLM and HF load.
+
+        Written by rank 0 only; the other ranks wait until it is complete."""
+        with distributed.gathered(self.params, self.engine):
+            if distributed.is_rank0():  # the base lm_head is frozen: never copy it into the adapter
+                self.model.save_pretrained(path, save_embedding_layers=False)
+        distributed.barrier()
         return path
+
+    def save_weights_for_sampler(self, path: str) -> str:
+        return self.save_adapter(path)
+
+    def save_state(self, path: str) -> str:
+        """Adapter + AdamW state + step count, for load_state; a reloaded learner continues bit-exactly."""
+        return learner_state.save_state(self, path)
+
+    def load_state(self, path: str, with_optimizer: bool = True) -> None:
+        """Restore a save_state dir; with_optimizer=False keeps the weights and starts a fresh optimizer."""
+        learner_state.load_state(self, path, with_optimizer)
+
+    def get_info(self):
+        import tinker
+
+        arch = (getattr(self.model_config, "architectures", None) or [self.model_config.model_type])[0]
+        model_data = tinker.types.ModelData(arch=arch, model_name=self.model_path, tokenizer_id=self.model_path)
+        return tinker.types.GetInfoResponse(model_id=self.model_id, model_data=model_data, is_lora=True,
+                                            lora_rank=self.lora.rank, model_name=self.model_path)
+
+    def get_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.model_path)

@@ -44,7 +44,7 @@ def check_loss(loss_fn: str, config: dict | None) -> dict[str, float]:
 def token_loss_sum(loss_fn: str, lp_T: torch.Tensor, inputs: dict[str, torch.Tensor],
                    config: dict[str, float]) -> torch.Tensor:
     """The summed loss of one datum's tokens. `lp_T` carries the gradient; inputs are constants."""
-    if loss_fn == "cross_entropy":
+    if loss_fn == "cross_entropy":  # lp_T and weights are (N,) or (N, K) for top-K targets: the same sum
         return -(inputs["weights"] * lp_T).sum()
     q_T, adv_T = inputs["logprobs"], inputs["advantages"]
     ratio_T = torch.exp(lp_T - q_T)

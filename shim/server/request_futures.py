@@ -1,0 +1,60 @@
+"""request_id -> pending operation, for `retrieve_future` long polls (TINKER_API.md 7.3).
+
+A retried submission (same idempotency key, e.g. (model_id, seq_id)) gets the request_id of the first one.
+Finished entries are forgotten `keep_s` seconds after they complete.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+Encoder = Callable[[Any, bool], tuple[str, bytes]]  # (result, client accepts protobuf) -> (content type, body)
+
+
+@dataclass
+class Pending:
+    future: concurrent.futures.Future
+    encode: Encoder
+    extra: dict = field(default_factory=dict)  # returned with the request_id (e.g. sample_sequence_ids)
+    finished_at: float | None = None
+
+
+class RequestFutures:
+    def __init__(self, keep_s: float = 900.0):
+        self.keep_s = keep_s
+        self._items: dict[str, Pending] = {}
+        self._by_key: dict[Hashable, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: Hashable | None, start: Callable[[], concurrent.futures.Future], encode: Encoder,
+            extra: dict | None = None) -> tuple[str, Pending]:
+        """The request_id of `key`'s operation, starting it (`start()`) only the first time."""
+        with self._lock:
+            self._sweep()
+            if key is not None and key in self._by_key and self._by_key[key] in self._items:
+                request_id = self._by_key[key]
+                return request_id, self._items[request_id]
+            pending = Pending(start(), encode, dict(extra or {}))
+            request_id = str(uuid.uuid4())
+            self._items[request_id] = pending
+            if key is not None:
+                self._by_key[key] = request_id
+        pending.future.add_done_callback(lambda _: setattr(pending, "finished_at", time.monotonic()))
+        return request_id, pending
+
+    def get(self, request_id: str) -> Pending | None:
+        with self._lock:
+            return self._items.get(request_id)
+
+    def _sweep(self) -> None:
+        cutoff = time.monotonic() - self.keep_s
+        old = [rid for rid, p in self._items.items() if p.finished_at is not None and p.finished_at < cutoff]
+        for rid in old:
+            del self._items[rid]
+        if old:
+            self._by_key = {k: rid for k, rid in self._by_key.items() if rid in self._items}

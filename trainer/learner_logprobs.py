@@ -1,0 +1,91 @@
+"""Per-token target logprobs from one forward pass over several datums, packed or padded.
+
+Packed (padding-free): the datums are concatenated into one row and position_ids restart at 0 for each.
+transformers builds the attention mask from position_ids when attention_mask is None: with flash-attn on GPU
+it becomes varlen attention, with sdpa/eager (CPU) a block-diagonal causal mask. Either way no token attends
+across datums and no compute is spent on padding tokens in the MLPs and projections (on CPU the attention
+itself still scores the whole row under the mask). Padded: right-padded rows with an attention mask, for
+models whose masks do not come from position_ids.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from trainer.learner_inputs import PreparedDatum
+
+# Model types whose transformers implementation derives packed-sequence masks from position_ids.
+PACKABLE_MODEL_TYPES = {"qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "llama", "mistral"}
+CHUNK_ROWS = 1024  # rows of vocab-sized fp32 temporaries alive at a time
+
+
+class TargetLogprobs(torch.autograd.Function):
+    """log_softmax(logits)[target] without keeping a float32 (T, V) tensor alive for backward.
+
+    Autograd through log_softmax + gather saves the fp32 log-softmax output; with a 150k vocabulary that
+    dwarfs the model's activations. Here only the logits (model dtype) are saved and the log-softmax is
+    recomputed in row chunks in backward, with the same kernels, so values and gradients equal the plain
+    version's. Targets are (T, K): K = 1 normally, K > 1 for top-K cross-entropy.
+    """
+
+    @staticmethod
+    def forward(ctx, logits_T_V: torch.Tensor, targets_T_K: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(logits_T_V, targets_T_K)
+        return torch.cat([torch.log_softmax(chunk.float(), dim=-1).gather(-1, t_K)
+                          for chunk, t_K in zip(logits_T_V.split(CHUNK_ROWS), targets_T_K.split(CHUNK_ROWS))])
+
+    @staticmethod
+    def backward(ctx, grad_T_K: torch.Tensor):
+        logits_T_V, targets_T_K = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits_T_V)
+        for start in range(0, logits_T_V.shape[0], CHUNK_ROWS):
+            rows = slice(start, start + CHUNK_ROWS)
+            logp_V = torch.log_softmax(logits_T_V[rows].float(), dim=-1)
+            # the exact ops autograd would run for gather + log_softmax, one chunk at a time
+            onehot_V = torch.zeros_like(logp_V).scatter_add_(-1, targets_T_K[rows], grad_T_K[rows])
+            g_V = torch._log_softmax_backward_data(onehot_V, logp_V, -1, torch.float32)
+            grad_logits[rows] = g_V.to(grad_logits.dtype)
+        return grad_logits, None
+
+
+def target_logprobs(logits_T_V: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Logprobs shaped like `targets`: (T,) -> (T,), (T, K) -> (T, K)."""
+    targets_T_K = targets if targets.dim() == 2 else targets[:, None]
+    lp_T_K = TargetLogprobs.apply(logits_T_V, targets_T_K)
+    return lp_T_K if targets.dim() == 2 else lp_T_K[:, 0]
+
+
+def batch_logprobs(call_model: Callable[..., torch.Tensor], batch: list[PreparedDatum], packed: bool,
+                   device: str) -> list[torch.Tensor]:
+    """One forward pass over `batch`; returns each datum's target logprobs (float32, on `device`)."""
+    lengths = [len(d.tokens) for d in batch]
+    if packed:
+        ids = torch.tensor([t for d in batch for t in d.tokens], dtype=torch.long)[None]
+        positions = torch.cat([torch.arange(n) for n in lengths])[None]
+        logits = call_model(input_ids=ids.to(device), position_ids=positions.to(device))
+        logits_T_V = logits.reshape(-1, logits.shape[-1])  # a view: no full-size zero gradient for [0]
+        starts = torch.tensor([0] + lengths[:-1]).cumsum(0).tolist()
+    else:
+        width = max(lengths)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for b, d in enumerate(batch):
+            ids[b, : lengths[b]] = torch.tensor(d.tokens)
+            mask[b, : lengths[b]] = 1
+        logits = call_model(input_ids=ids.to(device), attention_mask=mask.to(device))
+        logits_T_V = logits.reshape(-1, logits.shape[-1])  # padding rows are scored too, then dropped
+        starts = [b * width for b in range(len(batch))]
+    # One op over all rows: per-datum ops on slices would each make autograd add a full-size zero gradient.
+    k = max(d.inputs["target_tokens"].shape[1] if d.inputs["target_tokens"].dim() == 2 else 1 for d in batch)
+    targets_T_K = torch.zeros(logits_T_V.shape[0], k, dtype=torch.long)
+    for d, start, n in zip(batch, starts, lengths):
+        t = d.inputs["target_tokens"]
+        targets_T_K[start: start + n, : (t.shape[1] if t.dim() == 2 else 1)] = t if t.dim() == 2 else t[:, None]
+    lp_T_K = target_logprobs(logits_T_V, targets_T_K.to(device))
+    out = []
+    for d, start, n in zip(batch, starts, lengths):
+        t = d.inputs["target_tokens"]
+        out.append(lp_T_K[start: start + n, : t.shape[1]] if t.dim() == 2 else lp_T_K[start: start + n, 0])
+    return out
