@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.base import State, VerifyResult
+from envs.base import State
 from envs.prompting import PromptSpec
 from envs.sequence_env import SequenceEnv
 from envs.step_functions import autoconvolution, check_heights, first_autocorrelation_c1
@@ -54,19 +54,5 @@ class FirstAutocorrelationEnv(SequenceEnv):
                           objective="C1", higher_is_better=False, timeout_s=self.timeout_s, cpus=self.cpus_per_eval,
                           target=self.target, verifier_source=source, injected=self.injected_lines(state))
 
-    def score_sequence(self, heights: np.ndarray, state: State, rest: list) -> VerifyResult:
-        reason, violation = check_heights(heights, self.min_length, self.max_length)
-        construction = heights.tolist()
-        if reason:
-            clipped = np.maximum(heights, 0.0)  # near-valid: score the clipped function for partial credit
-            score = first_autocorrelation_c1(clipped) if np.isfinite(violation) and clipped.sum() > 0 else None
-            return self.rejected(reason, construction, score=score, violation=violation)
-        return self.accepted(first_autocorrelation_c1(heights), construction, state,
-                             extra={"length": int(heights.size)})
-
-    def verify_construction(self, heights, state: State = State()) -> VerifyResult:
-        return self.score_sequence(np.asarray(heights, dtype=np.float64), state, [])
-
-    def random_sequence(self, rng: np.random.Generator) -> np.ndarray:
-        # TTT-Discover: a constant sequence [u] * L, u ~ U(0, 1), L ~ U{1000..7999}
-        return np.full(int(rng.integers(1000, 8000)), float(rng.uniform(0.0, 1.0)))
+    def objective(self, heights: np.ndarray) -> float:
+        return first_autocorrelation_c1(heights)

@@ -16,6 +16,7 @@ from envs.base import State, VerifyResult
 from envs.program_env import ProgramEnv
 from envs.result_channel import ChannelError, finite_float_array
 from envs.sandbox import SandboxJob, SandboxOutcome
+from envs.step_functions import check_heights
 
 
 def as_generator(rng, default_seed: int) -> np.random.Generator:
@@ -78,11 +79,26 @@ class SequenceEnv(ProgramEnv):
             return self.rejected(str(e))
         return self.score_sequence(heights, state, arrays[1:])
 
-    def score_sequence(self, heights: np.ndarray, state: State, rest: list) -> VerifyResult:
+    def objective(self, heights: np.ndarray) -> float:
+        """The task's objective of a valid height sequence (AC1: C1, AC2: C2)."""
         raise NotImplementedError
 
+    def score_sequence(self, heights: np.ndarray, state: State, rest: list) -> VerifyResult:
+        """Autocorrelation tasks: check the heights; near-valid ones are scored clipped, for partial credit."""
+        reason, violation = check_heights(heights, self.min_length, self.max_length)
+        construction = heights.tolist()
+        if reason:
+            clipped = np.maximum(heights, 0.0)
+            score = self.objective(clipped) if np.isfinite(violation) and clipped.sum() > 0 else None
+            return self.rejected(reason, construction, score=score, violation=violation)
+        return self.accepted(self.objective(heights), construction, state, extra={"length": int(heights.size)})
+
+    def verify_construction(self, heights, state: State = State()) -> VerifyResult:
+        return self.score_sequence(np.asarray(heights, dtype=np.float64), state, [])
+
     def random_sequence(self, rng: np.random.Generator) -> np.ndarray:
-        raise NotImplementedError
+        # TTT-Discover: a constant sequence [u] * L, u ~ U(0, 1), L ~ U{1000..7999}
+        return np.full(int(rng.integers(1000, 8000)), float(rng.uniform(0.0, 1.0)))
 
     def initial_states(self, rng=None) -> list[State]:
         rng = as_generator(rng, self.seed)

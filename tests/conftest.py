@@ -27,3 +27,19 @@ def vllm_sampler(tiny_model_path):
     sampler = VLLMSampler(tiny_model_path, max_lora_rank=8, seed=0)
     yield sampler
     sampler.close()
+
+
+@pytest.fixture()
+def learner(tiny_model_path):
+    """A LoRA learner (rank 4) with B ~ N(0, 0.05): a non-trivial adapter, so every LoRA matrix gets a gradient."""
+    import torch
+
+    from trainer.learner import LoRALearner, LoraSpec
+
+    learner = LoRALearner(tiny_model_path, LoraSpec(rank=4, seed=3))
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for name, p in learner.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return learner

@@ -8,22 +8,10 @@ import tinker
 import torch
 
 from trainer.datums import rollout_datum
-from trainer.learner import LoRALearner, LoraSpec
 
 PROMPT = [1, 87, 85, 71, 84, 201, 2, 1]
 COMPLETION = [326, 85, 297, 86, 19]
 SAMPLER_LP = [-7.1, -6.5, -8.0, -7.7, -6.9]
-
-
-@pytest.fixture()
-def learner(tiny_model_path):
-    learner = LoRALearner(tiny_model_path, LoraSpec(rank=4, seed=3))
-    with torch.no_grad():  # a non-trivial adapter so that every LoRA matrix gets a gradient
-        g = torch.Generator().manual_seed(0)
-        for name, p in learner.model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return learner
 
 
 def test_importance_sampling_loss_and_gradient_match_an_independent_computation(learner):

@@ -6,7 +6,6 @@ import pytest
 import tinker
 import torch
 
-from trainer.learner import LoRALearner, LoraSpec
 
 PROMPT = [1, 87, 85, 71, 84, 201, 2, 1]
 COMPLETION = [326, 85, 297, 86, 19]
@@ -15,17 +14,6 @@ N = len(SEQ) - 1
 # sampler logprobs = true logprob - DELTA, so ratios exp(DELTA) straddle the clip ranges used below
 DELTA = torch.tensor([0.5, -0.5, 0.05, -0.3, 0.25, 0.0, 0.7, -0.9, 0.1, 0.3, -0.05, 0.4])
 ADV = torch.tensor([1.0, -2.0, 0.5, 1.5, -1.0, 0.0, 2.0, 1.0, -0.5, -1.5, 1.0, 0.7])
-
-
-@pytest.fixture()
-def learner(tiny_model_path):
-    learner = LoRALearner(tiny_model_path, LoraSpec(rank=4, seed=3))
-    with torch.no_grad():  # a non-trivial adapter so that every LoRA matrix gets a gradient
-        g = torch.Generator().manual_seed(0)
-        for name, p in learner.model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return learner
 
 
 def reference_logprobs(learner, targets=None):

@@ -6,21 +6,9 @@ import tinker
 import torch
 
 from trainer.datums import rollout_datum
-from trainer.learner import LoRALearner, LoraSpec
 
 PROMPT = [1, 87, 85, 71, 84, 201, 2, 1]
 COMPLETIONS = [[326, 85, 297, 86, 19], [40, 41, 42], [500, 501, 502, 503, 504, 505, 506]]
-
-
-@pytest.fixture()
-def learner(tiny_model_path):
-    learner = LoRALearner(tiny_model_path, LoraSpec(rank=4, seed=3))
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(0)
-        for name, p in learner.model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return learner
 
 
 def data():
