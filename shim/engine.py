@@ -37,6 +37,7 @@ class Engine:
         self.store = CheckpointStore(checkpoint_root)
         self.pool = SamplingPool(sampler)
         self.max_lora_rank, self.sampler_serves_unembed = max_lora_rank, sampler_serves_unembed
+        self._warned_unembed = False
         self.learner_kwargs = dict(learner_kwargs or {})
         self.models = ModelRegistry()
         self._sessions: dict[str, dict] = {}
@@ -80,6 +81,12 @@ class Engine:
         if self.max_lora_rank is not None and lora.rank > self.max_lora_rank:
             raise ValueError(f"LoRA rank {lora.rank} exceeds this server's max_lora_rank {self.max_lora_rank}")
         unembed = bool(lora.train_unembed) and self.sampler_serves_unembed
+        if lora.train_unembed and not unembed and not self._warned_unembed:
+            # The SDK's default is train_unembed=True, so refusing would break every default client; say it.
+            log.warning(
+                "train_unembed=True requested, but this server's vLLM sampler cannot serve an lm_head LoRA: "
+                "training attention/MLP LoRA only (use the HF sampler to train the unembedding)")
+            self._warned_unembed = True
         return LoraSpec(rank=lora.rank, seed=int(lora.seed or 0), train_attn=bool(lora.train_attn),
                         train_mlp=bool(lora.train_mlp), train_unembed=unembed)
 
