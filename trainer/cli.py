@@ -17,14 +17,13 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def load_loop_config(path: str | None, overrides: dict):
-    """LoopConfig from defaults <- YAML file <- command-line flags, checked before anything starts."""
+def load_config(cls, path: str | None, overrides: dict | list[str], what: str = "config"):
+    """A `cls` dataclass from defaults <- YAML file <- overrides (a dict, or key=value strings), checked
+    before anything starts; every problem is one ValueError line naming the fix."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from trainer.loop import LoopConfig
-
-    cfg = OmegaConf.structured(LoopConfig)
+    cfg = OmegaConf.structured(cls)
     try:
         if path is not None:
             try:
@@ -34,22 +33,26 @@ def load_loop_config(path: str | None, overrides: dict):
             except Exception as e:
                 raise ValueError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
             if not OmegaConf.is_dict(loaded):
-                raise ValueError(f"config {path} must be a mapping of LoopConfig fields")
+                raise ValueError(f"config {path} must be a mapping of {cls.__name__} fields")
             cfg = OmegaConf.merge(cfg, loaded)
-        cfg = OmegaConf.merge(cfg, {k: v for k, v in overrides.items() if v is not None})
+        if isinstance(overrides, dict):
+            overrides = {k: v for k, v in overrides.items() if v is not None}
+        else:
+            overrides = OmegaConf.from_dotlist(list(overrides))
+        cfg = OmegaConf.merge(cfg, overrides)
     except OmegaConfBaseException as e:
-        allowed = ", ".join(f.name for f in fields(LoopConfig))
-        raise ValueError(f"bad config{' ' + path if path else ''}: {str(e).splitlines()[0]} "
+        allowed = ", ".join(f.name for f in fields(cls))
+        raise ValueError(f"bad {what}{' ' + path if path else ''}: {str(e).splitlines()[0]} "
                          f"(fields: {allowed})") from None
-    loop_cfg = OmegaConf.to_object(cfg)
-    loop_cfg.check()
-    return loop_cfg
+    obj = OmegaConf.to_object(cfg)
+    obj.check()
+    return obj
 
 
 def cmd_demo(args) -> int:
-    from trainer.loop import run
+    from trainer.loop import LoopConfig, run
 
-    cfg = load_loop_config(args.config, {"out": args.out, "steps": args.steps, "seed": args.seed,
+    cfg = load_config(LoopConfig, args.config, {"out": args.out, "steps": args.steps, "seed": args.seed,
                                          "model": args.model, "sampler": args.sampler})
     print(f"ttt demo: {cfg.env} on model '{cfg.model}' with {cfg.sampler}, {cfg.steps} steps of "
           f"{cfg.groups} groups x {cfg.group_size} samples -> {cfg.out}", flush=True)
@@ -62,20 +65,12 @@ def cmd_demo(args) -> int:
 
 def cmd_eval(args) -> int:
     """`ttt eval key=value ...` (Hydra-style overrides of trainer.evaluate.EvalConfig)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     from trainer.evaluate import EvalConfig, evaluate
 
     bad = [a for a in args.overrides if "=" not in a]
     if bad:
         raise ValueError(f"ttt eval takes key=value overrides, got {bad[0]!r} (e.g. checkpoint=runs/demo/adapters/v12)")
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvalConfig),
-                                                  OmegaConf.from_dotlist(args.overrides)))
-    except OmegaConfBaseException as e:
-        allowed = ", ".join(f.name for f in fields(EvalConfig))
-        raise ValueError(f"bad eval override: {str(e).splitlines()[0]} (fields: {allowed})") from None
+    cfg = load_config(EvalConfig, None, args.overrides, what="eval override")
     summary = evaluate(cfg)
     print(f"ttt eval: {summary['env']} with {summary['checkpoint'] or 'the base model'}: n={summary['n']}, "
           f"best reward {summary['reward_best']:.4f} (score {summary['best_score']}), mean "
