@@ -66,15 +66,12 @@ class HFSampler:
     @torch.no_grad()
     def sample(self, prompts_P: Sequence[Sequence[int]], num_samples: int, params: SamplingParams,
                seeds_P: Sequence[int | None] | None = None, version="current") -> list[list[SampledSequence]]:
-        params.check()
+        params.check(prompts_P, self.max_model_len)
         version, model = self._model_for(version)
         seeds_P = list(seeds_P) if seeds_P is not None else [params.seed] * len(prompts_P)
-        stop_ids = {s for s in (params.stop or []) if isinstance(s, int)} or {self.eos_id}
+        stop_ids = set(params.stop_token_ids) or {self.eos_id}
         results = []
-        for p, (prompt, seed) in enumerate(zip(prompts_P, seeds_P)):
-            if len(prompt) + params.max_tokens > self.max_model_len:
-                raise ValueError(f"prompt {p} has {len(prompt)} tokens; with max_tokens {params.max_tokens} "
-                                 f"it exceeds max_model_len {self.max_model_len}")
+        for prompt, seed in zip(prompts_P, seeds_P):
             gen = torch.Generator(device=self.device)
             gen.manual_seed(seed if seed is not None else torch.seed())
             ids = torch.tensor([list(prompt)] * num_samples, device=self.device)

@@ -96,16 +96,11 @@ class ServerSampler:
     # -- sampling -----------------------------------------------------------------------------------
     def sample(self, prompts_P: Sequence[Sequence[int]], num_samples: int, params: SamplingParams,
                seeds_P: Sequence[int | None] | None = None, version="current") -> list[list[SampledSequence]]:
-        params.check()
+        params.check(prompts_P, self.max_model_len)
         model = self._model_name(version)
         served_version = self.version if version == "current" else version
         seeds_P = list(seeds_P) if seeds_P is not None else [params.seed] * len(prompts_P)
-        for p, prompt in enumerate(prompts_P):
-            if self.max_model_len and len(prompt) + params.max_tokens > self.max_model_len:
-                raise ValueError(f"prompt {p} has {len(prompt)} tokens; with max_tokens {params.max_tokens} "
-                                 f"it exceeds max_model_len {self.max_model_len}: shorten it or raise max_model_len")
-        stop_strs = [s for s in (params.stop or []) if isinstance(s, str)]
-        stop_ids = [s for s in (params.stop or []) if isinstance(s, int)]
+        stop_strs, stop_ids = params.stop_strings, params.stop_token_ids
 
         def one(p: int) -> list[SampledSequence]:
             body = {"model": model, "prompt": list(prompts_P[p]), "n": num_samples,

@@ -64,15 +64,10 @@ class VLLMSampler:
         from vllm import SamplingParams as VParams
         from vllm.inputs import TokensPrompt
 
-        params.check()
+        params.check(prompts_P, self.max_model_len)
         version = self.version if version == "current" else version
         seeds_P = list(seeds_P) if seeds_P is not None else [params.seed] * len(prompts_P)
-        for p, prompt in enumerate(prompts_P):
-            if len(prompt) + params.max_tokens > self.max_model_len:
-                raise ValueError(f"prompt {p} has {len(prompt)} tokens; with max_tokens {params.max_tokens} "
-                                 f"it exceeds max_model_len {self.max_model_len}: shorten it or raise max_model_len")
-        stop_strs = [s for s in (params.stop or []) if isinstance(s, str)] or None
-        stop_ids = [s for s in (params.stop or []) if isinstance(s, int)] or None
+        stop_strs, stop_ids = params.stop_strings or None, params.stop_token_ids or None
         vparams = [VParams(n=num_samples, temperature=params.temperature, top_p=params.top_p,
                            top_k=params.top_k if params.top_k > 0 else 0, max_tokens=params.max_tokens,
                            seed=seed, logprobs=0, stop=stop_strs, stop_token_ids=stop_ids)
