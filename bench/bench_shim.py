@@ -1,10 +1,13 @@
 """The same RL step through `ttt serve` (official SDK 0.38 over HTTP) and through the in-process backend.
 
 One step = forward_backward (importance_sampling) + optim_step, then save_weights_and_get_sampling_client +
-sample. Both backends share one Engine (same learner code, same sampler), so the difference is the shim's
-HTTP / protobuf / polling overhead. Goal: served <= 1.10x in-process.
+2 concurrent samples. The served arm runs `ttt serve` as its own process (as deployed: the client's SDK
+threads and the server's learner do not share a GIL); the in-process arm runs the same Engine code in this
+process. Both use the same model, seeds, data and number of calls, torch pinned to the same thread count, and
+their results are compared (|diff| <= 1e-6, identical tokens). Rounds alternate the two arms (ABBA order), and
+medians are reported. Goal: served <= 1.10x in-process.
 
-    .venv/bin/python bench/bench_shim.py [--sampler hf|vllm] [--steps 4] [--out bench/RESULTS_shim.md]
+    .venv/bin/python bench/bench_shim.py [--sampler hf|vllm] [--rounds 16] [--server process|thread] [--out F]
 """
 
 from __future__ import annotations
@@ -12,17 +15,23 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TINKER_TELEMETRY", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 API_KEY = "tml-bench"
+MAX_MODEL_LEN, MAX_LORA_RANK = 512, 8
+PHASES = ("fwd_bwd + optim_step", "save_weights_and_get_sampling_client", "sample (2 prompts x 4)", "total step")
+CPU_ROW = "CPU s per step, all processes"
+TOL = 1e-6
 
 
 def make_batch(n_datums: int, prompt_len: int, completion_len: int):
@@ -39,74 +48,189 @@ def make_batch(n_datums: int, prompt_len: int, completion_len: int):
     return data
 
 
-def one_step(training, data, prompts, timings: dict):
+def one_step(training, data, prompts) -> tuple[dict, dict]:
+    """-> ({phase: seconds}, the step's results as plain values for the equality check)."""
     from tinker import types
 
     t0 = time.perf_counter()
     fb = training.forward_backward(data, "importance_sampling")
     opt = training.optim_step(types.AdamParams(learning_rate=1e-3))
-    fb.result(), opt.result()
+    fb_out, opt_out = fb.result(), opt.result()
     t1 = time.perf_counter()
     sampler = training.save_weights_and_get_sampling_client().result()
+    t2 = time.perf_counter()
     futures = [sampler.sample(types.ModelInput.from_ints(p), 4, types.SamplingParams(max_tokens=16, seed=i))
                for i, p in enumerate(prompts)]
-    [f.result() for f in futures]
-    t2 = time.perf_counter()
-    timings.setdefault("train (fwd_bwd + optim)", []).append(t1 - t0)
-    timings.setdefault("save + sample", []).append(t2 - t1)
-    timings.setdefault("total step", []).append(t2 - t0)
+    samples = [f.result() for f in futures]
+    t3 = time.perf_counter()
+    results = {"fb_logprobs": [out["logprobs"].tolist() for out in fb_out.loss_fn_outputs],
+               "fb_metrics": dict(fb_out.metrics), "optim_metrics": dict(opt_out.metrics or {}),
+               "tokens": [[list(s.tokens) for s in r.sequences] for r in samples],
+               "sample_logprobs": [[list(s.logprobs or []) for s in r.sequences] for r in samples]}
+    return dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t3 - t0))), results
 
 
-def run(client, steps: int, data, prompts) -> dict:
-    training = client.create_lora_training_client(base_model="tiny", rank=8, seed=0).result()
-    one_step(training, data, prompts, {})  # warm-up: first-call allocations, adapter load paths
-    timings: dict = {}
-    for _ in range(steps):
-        one_step(training, data, prompts, timings)
-    return timings
+def max_diff(a, b, where: str = "") -> float:
+    """Largest |a - b| over matching nested values; ValueError on any structural / token mismatch."""
+    if isinstance(a, dict):
+        if set(a) != set(b):
+            raise ValueError(f"{where}: keys differ: {sorted(a)} vs {sorted(b)}")
+        return max([max_diff(a[k], b[k], f"{where}.{k}") for k in a], default=0.0)
+    if isinstance(a, list):
+        if not isinstance(b, list) or len(a) != len(b):
+            raise ValueError(f"{where}: lengths differ")
+        return max([max_diff(x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b))], default=0.0)
+    if isinstance(a, int) and isinstance(b, int):  # token ids: exact
+        if a != b:
+            raise ValueError(f"{where}: token {a} != {b}")
+        return 0.0
+    return abs(float(a) - float(b))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of all threads of process `pid` (ns resolution, from schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):  # a thread that just ended
+            pass
+    return total / 1e9
+
+
+class ServeProcess:
+    """`ttt serve` in a child process (what `ttt serve ...` runs), on a free loopback port."""
+
+    def __init__(self, sampler: str, threads: int, checkpoint_dir: str):
+        code = "import sys; from shim.server import serve_main; sys.exit(serve_main(sys.argv[1:]))"
+        cmd = [sys.executable, "-c", code, "--model", "tiny", "--sampler", sampler, "--port", "0",
+               "--api-key", API_KEY, "--max-lora-rank", str(MAX_LORA_RANK), "--max-model-len", str(MAX_MODEL_LEN),
+               "--checkpoint-dir", checkpoint_dir, "--torch-threads", str(threads), "--log-level", "WARNING"]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        self.url = None
+        for line in self.proc.stdout:
+            if "listening on " in line:
+                self.url = line.split("listening on ", 1)[1].strip()
+                break
+        if self.url is None:
+            self.stop()
+            raise RuntimeError(f"ttt serve exited ({self.proc.returncode}) before listening")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Arm:
+    """One backend: its clients, one training model, the per-round timings and results."""
+
+    def __init__(self, name: str, service, cpu_pids: list[int]):
+        self.name, self.service, self.cpu_pids = name, service, cpu_pids
+        self.training = service.create_lora_training_client(base_model="tiny", rank=8, seed=0).result()
+        self.timings: dict[str, list[float]] = {k: [] for k in (*PHASES, CPU_ROW)}
+        self.results: list[dict] = []
+
+    def _cpu(self) -> float:
+        return time.process_time() + sum(_cpu_seconds(pid) for pid in self.cpu_pids)
+
+    def step(self, data, prompts, record: bool = True) -> None:
+        cpu0 = self._cpu()
+        timings, results = one_step(self.training, data, prompts)
+        cpu = self._cpu() - cpu0
+        if record:
+            for k, v in timings.items():
+                self.timings[k].append(v)
+            self.timings[CPU_ROW].append(cpu)
+            self.results.append(results)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sampler", default="hf", choices=["hf", "vllm"])
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=16, help="timed steps per arm, interleaved (after 1 warm-up)")
     p.add_argument("--datums", type=int, default=16)
-    p.add_argument("--out", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads in both arms (default: torch's)")
+    p.add_argument("--server", default="process", choices=["process", "thread"],
+                   help="process: `ttt serve` as a child process (as deployed); thread: in this process (the "
+                        "server, the SDK's threads and the in-process learner then share one GIL)")
+    p.add_argument("--out", default=None, help="also write the report (markdown) here")
     args = p.parse_args(argv)
 
     import tinker
     import torch
 
     from shim import make_engine, make_service_client
-    from shim.server import start_server
 
-    engine = make_engine("tiny", sampler_kind=args.sampler, checkpoint_dir=tempfile.mkdtemp(prefix="bench-shim-"),
-                         sampler_kwargs={"max_model_len": 512})
-    server, _ = start_server(engine, API_KEY)
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    load_before = os.getloadavg()
+    engine_kwargs = dict(sampler_kind=args.sampler, max_lora_rank=MAX_LORA_RANK,
+                         sampler_kwargs={"max_model_len": MAX_MODEL_LEN})
+    engine = make_engine("tiny", checkpoint_dir=tempfile.mkdtemp(prefix="bench-shim-local-"), **engine_kwargs)
+    server = thread_server = None
+    if args.server == "process":
+        server = ServeProcess(args.sampler, threads, tempfile.mkdtemp(prefix="bench-shim-served-"))
+        url, served_pids = server.url, [server.pid]
+    else:
+        from shim.server import start_server
+
+        served_engine = make_engine("tiny", checkpoint_dir=tempfile.mkdtemp(prefix="bench-shim-served-"),
+                                    **engine_kwargs)
+        thread_server, _ = start_server(served_engine, API_KEY)
+        url, served_pids = thread_server.url, []
     data, prompts = make_batch(args.datums, 48, 48), [[5 + i, 17, 42, 9, 101, 33] for i in range(2)]
-    results = {}
-    for name in ("in-process", "ttt serve", "in-process (repeat)"):  # repeat: drift on a shared machine
-        client = (make_service_client("local", engine=engine) if name.startswith("in-process")
-                  else tinker.ServiceClient(base_url=server.url, api_key=API_KEY))
-        results[name] = run(client, args.steps, data, prompts)
-        client.close() if name.startswith("in-process") else client.close("success")
-    server.shutdown()
+    local_service = make_service_client("local", engine=engine)
+    served_service = tinker.ServiceClient(base_url=url, api_key=API_KEY)
+    try:
+        arms = [Arm("in-process", local_service, []), Arm("ttt serve", served_service, served_pids)]
+        for arm in arms:
+            arm.step(data, prompts, record=False)  # warm-up: first-call allocations, adapter load paths
+        for r in range(args.rounds):
+            for arm in (arms if r % 2 == 0 else arms[::-1]):  # ABBA: drift on a shared machine hits both arms
+                arm.step(data, prompts)
+    finally:
+        local_service.close()
+        served_service.close("success")
+        if server is not None:
+            server.stop()
+        if thread_server is not None:
+            thread_server.shutdown()
+    load_after = os.getloadavg()
 
-    rows = ["| phase | in-process median s | ttt serve median s | ratio served / in-process |", "|---|---|---|---|"]
-    for phase in results["in-process"]:
-        local = statistics.median(results["in-process"][phase] + results["in-process (repeat)"][phase])
-        served = statistics.median(results["ttt serve"][phase])
-        rows.append(f"| {phase} | {local:.3f} | {served:.3f} | {served / local:.3f}x |")
+    local, served = arms
+    worst = max(max_diff(a, b, f"round {i}") for i, (a, b) in enumerate(zip(local.results, served.results)))
+    if worst > TOL:
+        raise SystemExit(f"bench_shim: served and in-process results differ by {worst:.3g} > {TOL}")
+    rows = ["| phase | in-process median s | ttt serve median s | served - in-process s | ratio |",
+            "|---|---|---|---|---|"]
+    for phase in (*PHASES, CPU_ROW):
+        lo, se = statistics.median(local.timings[phase]), statistics.median(served.timings[phase])
+        rows.append(f"| {phase} | {lo:.3f} | {se:.3f} | {se - lo:+.3f} | {se / lo:.3f}x |")
+    per_round = [s / lo for s, lo in zip(served.timings["total step"], local.timings["total step"])]
     table = "\n".join(rows)
-    header = (f"Sampler {args.sampler}; {args.datums} datums x 95 tokens (importance_sampling), then 2 prompts x 4 "
-              f"samples x 16 tokens; {args.steps} timed steps per backend after 1 warm-up; torch threads "
-              f"{torch.get_num_threads()}, {os.cpu_count()} CPUs. In-process = median of two runs around the "
-              f"served one.")
+    server_desc = ("`ttt serve` in its own process" if args.server == "process"
+                   else "`ttt serve` in a thread of the bench process")
+    header = (f"Sampler {args.sampler}; {args.datums} datums x 95 tokens (importance_sampling) + optim_step, then "
+              f"save_weights_and_get_sampling_client and 2 prompts x 4 samples x 16 tokens. {server_desc}; "
+              f"torch threads {threads} in both arms; {os.cpu_count()} CPUs. {args.rounds} rounds per arm after "
+              f"1 warm-up, interleaved ABBA; medians. Load average before {load_before[0]:.2f}, after "
+              f"{load_after[0]:.2f} (1 min). Results equal: max |served - in-process| = {worst:.2g} "
+              f"(tokens identical). Total-step ratio per round: median {statistics.median(per_round):.3f}x, "
+              f"min {min(per_round):.3f}x, max {max(per_round):.3f}x.")
     print(header + "\n\n" + table)
     if args.out:
         Path(args.out).write_text(f"# bench_shim: `ttt serve` vs in-process backend\n\n"
-                                  f"`.venv/bin/python bench/bench_shim.py --sampler {args.sampler} --steps {args.steps}`"
-                                  f"\n\n{header}\n\n{table}\n")
+                                  f"`.venv/bin/python bench/bench_shim.py --sampler {args.sampler} --rounds "
+                                  f"{args.rounds} --server {args.server}`\n\n{header}\n\n{table}\n")
     return 0
 
 

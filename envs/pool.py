@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Callable, Sequence
 
 from envs.base import Env, State, VerifyResult, failed
 
@@ -107,31 +108,41 @@ class VerifierPool:
 
         return tqdm(total=n, desc=f"verify {getattr(self.env, 'name', 'env')}", leave=False, dynamic_ncols=True)
 
-    def evaluate(self, completions: Sequence[str], states: Sequence[State]) -> list[VerifyResult]:
+    def evaluate(self, completions: Sequence[str], states: Sequence[State],
+                 on_result: Callable[[int, VerifyResult], None] | None = None) -> list[VerifyResult]:
+        """Verify completions[i] against states[i]. `on_result(i, result)` is called as each one finishes (in
+        the driver's thread), so a caller can log every finished evaluation before the batch completes."""
         if len(completions) != len(states):
             raise ValueError(f"{len(completions)} completions but {len(states)} states")
         bar = self._bar(len(completions))
         try:
             if self.backend == "local":
-                return self._evaluate_local(completions, states, bar)
-            return self._evaluate_ray(completions, states, bar)
+                return self._evaluate_local(completions, states, bar, on_result)
+            return self._evaluate_ray(completions, states, bar, on_result)
         finally:
             if bar is not None:
                 bar.close()
 
-    def _evaluate_local(self, completions, states, bar) -> list[VerifyResult]:
-        def run(args):
-            result = _evaluate_one(self.env, *args)
-            if bar is not None:
-                bar.update(1)
+    def _evaluate_local(self, completions, states, bar, on_result) -> list[VerifyResult]:
+        lock = threading.Lock()
+
+        def run(job):
+            i, (completion, state) = job
+            result = _evaluate_one(self.env, completion, state)
+            with lock:
+                if bar is not None:
+                    bar.update(1)
+                if on_result is not None:
+                    on_result(i, result)
             return result
 
+        jobs = list(enumerate(zip(completions, states)))
         if self.slots == 1 or len(completions) <= 1:
-            return [run(args) for args in zip(completions, states)]
+            return [run(job) for job in jobs]
         with ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="verify") as pool:
-            return list(pool.map(run, zip(completions, states)))
+            return list(pool.map(run, jobs))
 
-    def _evaluate_ray(self, completions, states, bar) -> list[VerifyResult]:
+    def _evaluate_ray(self, completions, states, bar, on_result) -> list[VerifyResult]:
         import ray
         from ray.exceptions import RayTaskError, TaskCancelledError
 
@@ -145,6 +156,8 @@ class VerifierPool:
                 results[i] = result
                 if bar is not None:
                     bar.update(1)
+                if on_result is not None:
+                    on_result(i, result)
 
         while queue or pending:
             while queue and len(pending) < 2 * self.slots:  # a spare task per slot hides scheduling gaps

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import time
+
 import numpy as np
 
 from envs.base import Env, State, VerifyResult, failed
@@ -28,6 +30,7 @@ class ToyDigitsEnv(Env):
     name: str = "toy_digits"
     length: int = 12
     strict: bool = False
+    verify_delay_s: float = 0.0  # a stand-in for an expensive verifier (resume and pool tests, benches)
 
     def statement(self) -> str:
         return (
@@ -39,6 +42,8 @@ class ToyDigitsEnv(Env):
         return completion
 
     def verify(self, answer: str, state: State) -> VerifyResult:
+        if self.verify_delay_s > 0:
+            time.sleep(self.verify_delay_s)
         chars = answer[: self.length] if self.strict else answer
         digits = [int(c) for c in chars if "0" <= c <= "9"][: self.length]
         if not digits:

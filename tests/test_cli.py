@@ -25,21 +25,24 @@ def test_unknown_model_path(tmp_path):
     assert "model path /no/such/model does not exist" in line
 
 
-def test_unreadable_config(tmp_path):
-    line = _one_error_line(_ttt("demo", "--config", str(tmp_path / "missing.yaml")))
-    assert "cannot read config" in line and "missing.yaml" in line
+def test_train_bad_configs_fail_before_anything_starts(tmp_path):
+    out = tmp_path / "run"
+    line = _one_error_line(_ttt("train", "env=nope", f"out={out}"))
+    assert "unknown env 'nope'; choose one of" in line and "cp26" in line
+    assert "group_size must be >= 1, got 0" in _one_error_line(_ttt("train", "group_size=0", f"out={out}"))
+    line = _one_error_line(_ttt("train", "model=/no/such/model", f"out={out}"))
+    assert "model path /no/such/model does not exist" in line
+    assert "stepz" in _one_error_line(_ttt("train", "stepz=3", f"out={out}"))
+    assert "unknown experiment 'nope'" in _one_error_line(_ttt("train", "+experiment=nope", f"out={out}"))
+    assert "mode must be one of train, frozen" in _one_error_line(_ttt("train", "mode=sleep", f"out={out}"))
+    assert "overrides are key=value" in _one_error_line(_ttt("train", "steps", f"out={out}"))
+    assert not out.exists()  # nothing started, nothing written
 
 
-def test_config_with_unknown_field_or_bad_value(tmp_path):
-    bad_key = tmp_path / "bad_key.yaml"
-    bad_key.write_text("stepz: 3\n")
-    assert "stepz" in _one_error_line(_ttt("demo", "--config", str(bad_key)))
-    bad_value = tmp_path / "bad_value.yaml"
-    bad_value.write_text("group_size: 0\n")
-    assert "group_size must be >= 1" in _one_error_line(_ttt("demo", "--config", str(bad_value)))
-    not_yaml = tmp_path / "not_yaml.yaml"
-    not_yaml.write_text("a: [1, 2\n")
-    assert "not valid YAML" in _one_error_line(_ttt("demo", "--config", str(not_yaml)))
+def test_train_refuses_to_overwrite_a_run(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    line = _one_error_line(_ttt("train", f"out={tmp_path}", "sampler=hf", "verifier_backend=local"))
+    assert "already holds a run: pass resume=true" in line
 
 
 def test_serve_vllm_with_a_missing_model():
@@ -48,7 +51,7 @@ def test_serve_vllm_with_a_missing_model():
 
 
 def test_eval_with_bad_overrides(tmp_path):
-    assert "not a PEFT adapter dir" in _one_error_line(_ttt("eval", f"checkpoint={tmp_path}"))
+    assert "neither a run checkpoint nor a PEFT adapter dir" in _one_error_line(_ttt("eval", f"checkpoint={tmp_path}"))
     assert "key=value overrides" in _one_error_line(_ttt("eval", "checkpoint"))
     assert "bad eval override" in _one_error_line(_ttt("eval", "nope=1"))
 

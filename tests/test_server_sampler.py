@@ -15,7 +15,8 @@ from inference.types import SamplingParams
 from inference.vllm_server import VLLMServer, free_port
 from trainer.datums import rollout_datum
 from trainer.learner import LoRALearner, LoraSpec
-from trainer.loop import LoopConfig, run
+from trainer.config import compose
+from trainer.loop import run
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +60,10 @@ def test_runtime_lora_loading_and_logprobs_equal_learner(server_sampler, tiny_mo
 
 @pytest.mark.vllm
 def test_loop_over_http(server_sampler, tmp_path):
-    cfg = LoopConfig(out=str(tmp_path), steps=2, groups=2, group_size=4, max_tokens=8, sampler="server")
+    cfg = compose(["+experiment=demo", f"out={tmp_path}", "steps=2", "groups=2", "group_size=4", "max_tokens=8",
+                   "sampler=server", "wandb_mode=disabled"])
     records = run(cfg, sampler=server_sampler, log=lambda *_: None)
-    assert [r["adapter_version"] for r in records] == [0, 1]
+    assert [r["adapter_version"] for r in records] == [1, 2]
     assert all(r["mismatch_max"] < 1e-4 and r["probe_mismatch"] < 1e-4 for r in records)
 
 

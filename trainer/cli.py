@@ -49,17 +49,51 @@ def load_config(cls, path: str | None, overrides: dict | list[str], what: str = 
     return obj
 
 
-def cmd_demo(args) -> int:
-    from trainer.loop import LoopConfig, run
+def _demo_overrides(args) -> list[str]:
+    flags = {"out": args.out, "steps": args.steps, "seed": args.seed, "model": args.model, "sampler": args.sampler}
+    return ["+experiment=demo"] + [f"{k}={v}" for k, v in flags.items() if v is not None] + (
+        ["resume=true"] if args.resume else [])
 
-    cfg = load_config(LoopConfig, args.config, {"out": args.out, "steps": args.steps, "seed": args.seed,
-                                         "model": args.model, "sampler": args.sampler})
-    print(f"ttt demo: {cfg.env} on model '{cfg.model}' with {cfg.sampler}, {cfg.steps} steps of "
+
+def cmd_demo(args) -> int:
+    """`ttt train +experiment=demo`, with flags; a previous demo run in the same dir is replaced."""
+    import shutil
+    from pathlib import Path
+
+    from trainer.config import compose
+
+    cfg = compose(_demo_overrides(args))
+    out = Path(cfg.out)
+    if not args.resume and (out / "metrics.jsonl").exists() and (out / "config.json").exists():
+        print(f"ttt demo: replacing the previous run in {out} (pass --resume to continue it)", flush=True)
+        shutil.rmtree(out)
+    print(f"ttt demo: {cfg.env_name} on model '{cfg.base_model}' with {cfg.sampler}, {cfg.steps} steps of "
           f"{cfg.groups} groups x {cfg.group_size} samples -> {cfg.out}", flush=True)
+    return _run_and_report(cfg)
+
+
+def cmd_train(args) -> int:
+    """`ttt train [+experiment=NAME] [key=value ...]` (Hydra overrides of trainer.config.TrainConfig)."""
+    from trainer.config import compose
+
+    cfg = compose(args.overrides)
+    print(f"ttt train: {cfg.mode} on {cfg.env_name} with {cfg.base_model} ({cfg.backend} backend, "
+          f"{cfg.sampler if cfg.backend == 'local' else cfg.base_url or 'Tinker cloud'}), {cfg.steps} steps of "
+          f"{cfg.groups} x {cfg.group_size} -> {cfg.out}", flush=True)
+    return _run_and_report(cfg)
+
+
+def _run_and_report(cfg) -> int:
+    from trainer.loop import run
+
     records = run(cfg)
-    first, last = records[0]["reward_mean"], records[-1]["reward_mean"]
-    print(f"mean reward {first:.4f} -> {last:.4f}; best {records[-1]['best_reward']:.4f}; "
-          f"wrote {cfg.out}/metrics.jsonl and {cfg.out}/learning_curve.png")
+    if not records:
+        print(f"nothing to do: {cfg.out} already finished {cfg.steps} steps")
+        return 0
+    first, last = records[0], records[-1]
+    best = "none valid" if last["best_reward"] is None else f"{last['best_reward']:.4f} (score {last['best_score']})"
+    print(f"mean reward {first['reward_mean']:.4f} -> {last['reward_mean']:.4f}; best {best}; "
+          f"wrote {cfg.out}/metrics.jsonl, best.json, learning_curve.png and checkpoints/")
     return 0
 
 
@@ -75,6 +109,10 @@ def cmd_eval(args) -> int:
     print(f"ttt eval: {summary['env']} with {summary['checkpoint'] or 'the base model'}: n={summary['n']}, "
           f"best reward {summary['reward_best']:.4f} (score {summary['best_score']}), mean "
           f"{summary['reward_mean']:.4f}, valid rate {summary['valid_rate']:.2f}; wrote {cfg.out}/summary.json")
+    if summary["run_best"] is not None:
+        rb = summary["run_best"]
+        print(f"the run's best (step {rb['step']}), verified again: reward {rb['reward']:.4f} (score {rb['score']}, "
+              f"{rb['status']}); logged {rb['logged_reward']:.4f}")
     return 0
 
 
@@ -114,8 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=None)
     demo.add_argument("--model", default=None, help="'tiny' (default), a local HF dir or a hub name")
     demo.add_argument("--sampler", choices=["vllm", "hf"], default=None)
-    demo.add_argument("--config", default=None, help="YAML file with LoopConfig fields")
+    demo.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="the TTT loop: ttt train [+experiment=NAME] [key=value ...]")
+    train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +experiment=seeds_cp26 env=ac1 steps=3")
+    train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a saved adapter (or the base model) offline")
     ev.add_argument("overrides", nargs="*", help="key=value, e.g. checkpoint=DIR env=toy_digits n=64")
@@ -159,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TTT_DEBUG") or type(e) is RuntimeError:
             raise
         print(f"ttt: stopped: {e}", file=sys.stderr)
-        return 3
+        return 143 if type(e).__name__ == "Preempted" else 3
     except KeyboardInterrupt:
         print("ttt: interrupted", file=sys.stderr)
         return 130

@@ -12,18 +12,22 @@ import tinker
 
 
 def rollout_datum(prompt_tokens: Sequence[int], completion_tokens: Sequence[int],
-                  sampler_logprobs: Sequence[float], advantage: float,
+                  sampler_logprobs: Sequence[float], advantage: float | Sequence[float],
                   mask: Sequence[int] | None = None) -> tinker.Datum:
-    """`mask` marks completion tokens the policy chose (1) vs forced ones (0: advantage 0, logprob 0)."""
+    """`advantage`: one value for the whole completion, or one per completion token (KL-shaped).
+    `mask` marks completion tokens the policy chose (1) vs forced ones (0: advantage 0, logprob 0)."""
     if len(completion_tokens) != len(sampler_logprobs):
         raise ValueError(f"{len(completion_tokens)} completion tokens but {len(sampler_logprobs)} logprobs")
     mask = [1] * len(completion_tokens) if mask is None else list(mask)
     if len(mask) != len(completion_tokens):
         raise ValueError(f"{len(completion_tokens)} completion tokens but a mask of {len(mask)}")
+    per_token = [float(advantage)] * len(mask) if isinstance(advantage, (int, float)) else list(advantage)
+    if len(per_token) != len(mask):
+        raise ValueError(f"{len(completion_tokens)} completion tokens but {len(per_token)} advantages")
     seq = list(prompt_tokens) + list(completion_tokens)
     n_prompt_targets = len(prompt_tokens) - 1  # targets that are still prompt tokens
     logprobs_T = [0.0] * n_prompt_targets + [float(lp) * m for lp, m in zip(sampler_logprobs, mask)]
-    advantages_T = [0.0] * n_prompt_targets + [float(advantage) * m for m in mask]
+    advantages_T = [0.0] * n_prompt_targets + [float(a) * m for a, m in zip(per_token, mask)]
     return tinker.Datum(
         model_input=tinker.ModelInput.from_ints(seq[:-1]),
         loss_fn_inputs={
@@ -37,3 +41,18 @@ def rollout_datum(prompt_tokens: Sequence[int], completion_tokens: Sequence[int]
 def completion_logprobs(learner_logprobs_T, n_prompt_tokens: int) -> list[float]:
     """The learner's logprobs of the completion tokens only, from a datum's per-target logprobs."""
     return [float(x) for x in learner_logprobs_T[n_prompt_tokens - 1:]]
+
+
+def imitation_datum(prompt_tokens: Sequence[int], completion_tokens: Sequence[int],
+                    mask: Sequence[int] | None = None) -> tinker.Datum:
+    """A cross_entropy datum that imitates the completion's chosen tokens (expert iteration)."""
+    mask = [1] * len(completion_tokens) if mask is None else list(mask)
+    seq = list(prompt_tokens) + list(completion_tokens)
+    weights_T = [0.0] * (len(prompt_tokens) - 1) + [float(m) for m in mask]
+    return tinker.Datum(
+        model_input=tinker.ModelInput.from_ints(seq[:-1]),
+        loss_fn_inputs={
+            "target_tokens": tinker.TensorData(data=seq[1:], dtype="int64", shape=[len(seq) - 1]),
+            "weights": tinker.TensorData(data=weights_T, dtype="float32", shape=[len(seq) - 1]),
+        },
+    )

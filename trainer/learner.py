@@ -16,7 +16,7 @@ import torch
 from trainer import distributed, learner_state
 from trainer.learner_custom import run_custom_loss
 from trainer.learner_inputs import PreparedDatum, fields_for, plan_micro_batches, prepare_data, shard_by_tokens
-from trainer.learner_logprobs import PACKABLE_MODEL_TYPES, batch_logprobs
+from trainer.learner_logprobs import LM_HEAD_MODEL_TYPES, PACKABLE_MODEL_TYPES, batch_logprobs
 from trainer.losses import check_loss, token_loss_sum
 
 ATTN_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -69,7 +69,13 @@ class LoRALearner:
                  base_model: torch.nn.Module | None = None, model_id: str = "local:train:0"):
         """`model_path`: a local HF dir (also the tokenizer id). `base_model`: an already built causal LM to use
         instead of loading one (benchmarks). `use_deepspeed`: None = when started by `accelerate launch` with
-        a DeepSpeed config. `packing`: padding-free micro-batches where the architecture supports it."""
+        a DeepSpeed config. `packing`: padding-free micro-batches where the architecture supports it.
+
+        `micro_batch_tokens`: the token budget of one forward/backward pass (packed: the sum of the datums'
+        lengths; padded: rows x the longest). Datums are grouped under it, a datum longer than it gets a pass
+        of its own, and gradients of all passes add up (sum reduction), so any budget gives the result of one
+        big batch; activation memory is bounded by the budget, not by the number of datums. The (T, V) logits
+        are never built for a whole pass on LM_HEAD_MODEL_TYPES (lm_head + log-softmax run in row chunks)."""
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
 
@@ -92,6 +98,10 @@ class LoRALearner:
         self.model_config = base_model.config
         self.vocab_size = base_model.config.vocab_size
         self.packing = packing and base_model.config.model_type in PACKABLE_MODEL_TYPES
+        # chunked lm_head (learner_logprobs.chunked_target_logprobs): the decoder's output, never full logits
+        chunked = base_model.config.model_type in LM_HEAD_MODEL_TYPES
+        self.lm_head = self.model.get_output_embeddings() if chunked else None
+        self.decoder = self.model.get_base_model().get_decoder() if chunked else None
         self.named_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named_params]
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
@@ -103,9 +113,20 @@ class LoRALearner:
 
     # -- compute --------------------------------------------------------------------------------------
     def _call_model(self, **inputs) -> torch.Tensor:
+        """The logits, or with a chunked lm_head the decoder's last hidden states (the model's own lm_head then
+        runs on one position only: logits_to_keep=1)."""
         module = self.engine if self.engine is not None else self.model
         # use_cache=False: a KV cache would also stop transformers from reading packing from position_ids
-        return module(**inputs, use_cache=False).logits
+        if self.lm_head is None:
+            return module(**inputs, use_cache=False).logits
+        captured: list[torch.Tensor] = []
+        handle = self.decoder.register_forward_hook(
+            lambda _module, _args, out: captured.append(out[0] if isinstance(out, tuple) else out.last_hidden_state))
+        try:
+            module(**inputs, use_cache=False, logits_to_keep=1)
+        finally:
+            handle.remove()
+        return captured[-1]
 
     def _run(self, prepared: list[PreparedDatum], loss_fn: str | None, config: dict[str, float],
              backward: bool) -> tuple[list[torch.Tensor], float]:
@@ -127,7 +148,7 @@ class LoRALearner:
             idx = plan[p] if p < len(plan) else []
             batch = [prepared[i] for i in idx] or [_IDLE_DATUM]
             with torch.set_grad_enabled(backward):
-                lps = batch_logprobs(self._call_model, batch, self.packing, self.device)
+                lps = batch_logprobs(self._call_model, batch, self.packing, self.device, self.lm_head)
                 if idx and loss_fn is not None:
                     loss = sum(token_loss_sum(loss_fn, lp, {k: v.to(self.device) for k, v in d.inputs.items()},
                                               config) for lp, d in zip(lps, batch))

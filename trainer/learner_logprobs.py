@@ -18,6 +18,9 @@ from trainer.learner_inputs import PreparedDatum
 
 # Model types whose transformers implementation derives packed-sequence masks from position_ids.
 PACKABLE_MODEL_TYPES = {"qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "llama", "mistral"}
+# Model types whose logits are exactly lm_head(decoder's last_hidden_state) (no soft-capping or scaling after
+# lm_head) and whose forward takes logits_to_keep: for them no micro-batch's full (T, V) logits are ever built.
+LM_HEAD_MODEL_TYPES = {"qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "llama", "mistral"}
 CHUNK_ROWS = 1024  # rows of vocab-sized fp32 temporaries alive at a time
 
 
@@ -57,16 +60,44 @@ def target_logprobs(logits_T_V: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return lp_T_K if targets.dim() == 2 else lp_T_K[:, 0]
 
 
-def batch_logprobs(call_model: Callable[..., torch.Tensor], batch: list[PreparedDatum], packed: bool,
-                   device: str) -> list[torch.Tensor]:
-    """One forward pass over `batch`; returns each datum's target logprobs (float32, on `device`)."""
+def chunked_target_logprobs(lm_head: torch.nn.Module, hidden_T_H: torch.Tensor, targets_T_K: torch.Tensor
+                            ) -> torch.Tensor:
+    """log_softmax(lm_head(hidden))[target] in row chunks: vocab-sized tensors exist for CHUNK_ROWS rows at a time.
+
+    The (T, V) logits of a long micro-batch are never built, in forward or in backward: with gradients on, each
+    chunk runs under non-reentrant activation checkpointing, which keeps only its (C, H) input and recomputes
+    its logits in backward (the lm_head matmul runs once more; the frozen lm_head needs no weight gradient,
+    and a LoRA lm_head gets its gradient through the recomputation). Same ops per row as lm_head +
+    log_softmax + gather on the whole batch.
+    """
+    def chunk_logprobs(h_C_H: torch.Tensor, t_C_K: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(lm_head(h_C_H).float(), dim=-1).gather(-1, t_C_K)
+
+    if not torch.is_grad_enabled():
+        return torch.cat([chunk_logprobs(h, t) for h, t in zip(hidden_T_H.split(CHUNK_ROWS),
+                                                               targets_T_K.split(CHUNK_ROWS))])
+    from torch.utils.checkpoint import checkpoint
+
+    return torch.cat([checkpoint(chunk_logprobs, h, t, use_reentrant=False)
+                      for h, t in zip(hidden_T_H.split(CHUNK_ROWS), targets_T_K.split(CHUNK_ROWS))])
+
+
+def batch_logprobs(call_model: Callable[..., torch.Tensor], batch: list[PreparedDatum], packed: bool, device: str,
+                   lm_head: torch.nn.Module | None = None) -> list[torch.Tensor]:
+    """One forward pass over `batch`; returns each datum's target logprobs (float32, on `device`).
+
+    `call_model(**inputs)` returns the (B, W, V) logits, or with `lm_head` (models whose logits are exactly
+    lm_head(last hidden state), LM_HEAD_MODEL_TYPES) the (B, W, H) last hidden states that lm_head reads; then
+    the logprobs come from chunked_target_logprobs over real tokens only, and memory for the vocabulary is
+    O(CHUNK_ROWS x V) instead of O(T x V). Without lm_head the micro-batch's full logits are built and
+    TargetLogprobs reads them.
+    """
     lengths = [len(d.tokens) for d in batch]
     if packed:
         ids = torch.tensor([t for d in batch for t in d.tokens], dtype=torch.long)[None]
         positions = torch.cat([torch.arange(n) for n in lengths])[None]
-        logits = call_model(input_ids=ids.to(device), position_ids=positions.to(device))
-        logits_T_V = logits.reshape(-1, logits.shape[-1])  # a view: no full-size zero gradient for [0]
-        starts = torch.tensor([0] + lengths[:-1]).cumsum(0).tolist()
+        inputs = {"input_ids": ids.to(device), "position_ids": positions.to(device)}
+        width = sum(lengths)
     else:
         width = max(lengths)
         ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -74,16 +105,30 @@ def batch_logprobs(call_model: Callable[..., torch.Tensor], batch: list[Prepared
         for b, d in enumerate(batch):
             ids[b, : lengths[b]] = torch.tensor(d.tokens)
             mask[b, : lengths[b]] = 1
-        logits = call_model(input_ids=ids.to(device), attention_mask=mask.to(device))
-        logits_T_V = logits.reshape(-1, logits.shape[-1])  # padding rows are scored too, then dropped
-        starts = [b * width for b in range(len(batch))]
+        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if lm_head is not None:
+        hidden = call_model(**inputs)
+        rows_T_H = hidden.reshape(-1, hidden.shape[-1])
+        if not packed:  # drop padding rows: lm_head and log-softmax run on real tokens only
+            rows_T_H = rows_T_H[torch.cat([torch.arange(n) + b * width for b, n in enumerate(lengths)]).to(device)]
+        starts = torch.tensor([0] + lengths[:-1]).cumsum(0).tolist()
+    else:
+        logits = call_model(**inputs)
+        rows_T_H = logits.reshape(-1, logits.shape[-1])  # a view: no full-size zero gradient for [0]
+        # packed: datums follow each other; padded: padding rows are scored too, then dropped
+        starts = torch.tensor([0] + lengths[:-1]).cumsum(0).tolist() if packed else [b * width for b in
+                                                                                     range(len(batch))]
     # One op over all rows: per-datum ops on slices would each make autograd add a full-size zero gradient.
     k = max(d.inputs["target_tokens"].shape[1] if d.inputs["target_tokens"].dim() == 2 else 1 for d in batch)
-    targets_T_K = torch.zeros(logits_T_V.shape[0], k, dtype=torch.long)
+    targets_T_K = torch.zeros(rows_T_H.shape[0], k, dtype=torch.long)
     for d, start, n in zip(batch, starts, lengths):
         t = d.inputs["target_tokens"]
         targets_T_K[start: start + n, : (t.shape[1] if t.dim() == 2 else 1)] = t if t.dim() == 2 else t[:, None]
-    lp_T_K = target_logprobs(logits_T_V, targets_T_K.to(device))
+    targets_T_K = targets_T_K.to(device)
+    if lm_head is not None:
+        lp_T_K = chunked_target_logprobs(lm_head, rows_T_H, targets_T_K)
+    else:
+        lp_T_K = target_logprobs(rows_T_H, targets_T_K)
     out = []
     for d, start, n in zip(batch, starts, lengths):
         t = d.inputs["target_tokens"]

@@ -1,175 +1,390 @@
-"""The RL loop, top to bottom: sample groups with adapter v -> verify on Ray -> entropic advantages ->
-importance-sampling step -> save adapter v+1 -> hot-swap it into vLLM -> next step samples with v+1.
+"""The TTT-Discover loop, top to bottom, over the Tinker-shaped client API (our GPUs or Tinker's cloud):
+
+  select states (PUCT) -> prompts -> sample G groups of K -> sandboxed verification on Ray -> rewards ->
+  advantages (+ KL-to-base shaping) -> datums -> forward_backward(importance_sampling) -> optim_step ->
+  new sampler version, proved on a probe -> buffer update -> metrics -> checkpoint.
+
+Modes: train; frozen (same sampling and PUCT, no updates); best_of_n (no updates, no state reuse);
+expert_iteration (cross_entropy on the best verified rollouts of each group). The output of a run is the best
+state ever seen (out/best.json, out/best.png), not the policy.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
+import signal
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tinker
+from tinker import types
 
-from envs.base import State
+from envs.base import State, VerifyResult
 from envs.pool import VerifierPool
-from inference.models import resolve_model
-from inference.samplers import make_sampler
-from inference.two_phase import DEFAULT_PREFILL, sample_two_phase
-from inference.types import SamplingParams
+from trainer import metrics as M
 from trainer.advantages import compute_advantages
-from trainer.datums import completion_logprobs, rollout_datum
-from envs.registry import make_env
-from trainer.learner import LoRALearner, LoraSpec
-from trainer.report import append_jsonl, plot_curves, table_header, table_row
-
-
-@dataclass
-class LoopConfig:
-    model: str = "tiny"
-    env: str = "toy_digits"
-    out: str = "runs/demo"
-    steps: int = 12
-    groups: int = 4  # G prompts per step
-    group_size: int = 8  # K completions per prompt
-    max_tokens: int = 16
-    temperature: float = 1.0
-    lora_rank: int = 8
-    learning_rate: float = 3e-3
-    advantage: str = "entropic_adaptive_beta"
-    seed: int = 0
-    sampler: str = "vllm"  # vllm (in-process) | server (vLLM OpenAI servers) | hf (HF/PEFT, no vLLM)
-    server_urls: list[str] = field(default_factory=list)  # sampler=server: use these, else start num_servers
-    num_servers: int = 1
-    sampler_args: dict = field(default_factory=dict)  # passed to the engine unchanged (e.g. vLLM LLM kwargs)
-    verifier_backend: str = "ray"
-    max_model_len: int = 512
-    # fp32 vLLM and the learner agree to ~3e-6; beyond this the sampler is not serving what we trained
-    thinking_budget: int = 0  # > 0: two-phase sampling, then a forced final answer of final_budget tokens
-    final_budget: int = 64
-    prefill_text: str = DEFAULT_PREFILL
-    mismatch_threshold: float = 1e-3
-    on_mismatch: str = "stop"  # stop | warn
-
-    def check(self) -> None:
-        for name in ("steps", "groups", "group_size", "max_tokens", "lora_rank"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.on_mismatch not in ("stop", "warn"):
-            raise ValueError(f"on_mismatch must be 'stop' or 'warn', got {self.on_mismatch!r}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-
-
-class SamplerMismatch(RuntimeError):
-    pass
-
+from trainer.checkpoint import Checkpoints, RolloutLog, restore_rng, rng_states, truncate_metrics
+from trainer.config import TrainConfig, to_dict
+from trainer.curriculum import Curriculum, next_groups
+from trainer.datums import imitation_datum, rollout_datum
+from trainer.kl import fold_kl_penalty
+from trainer.rollouts import Rollout, group_seed, render_prompt, sample_groups
+from trainer.state_sampler import StateSampler, make_state_sampler
 
 PROBE_TEXT = "0123456789 circle packing 2.635"
 
 
-def render_prompt(tokenizer, text: str) -> list[int]:
-    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                              tokenize=True, return_dict=False))
+class SamplerMismatch(RuntimeError):
+    """The sampler is not serving the adapter the learner trained."""
 
 
-def run(cfg: LoopConfig, sampler=None, log=print) -> list[dict]:
-    """Run cfg.steps steps; `sampler` lets a caller share one running vLLM engine across runs."""
+class Preempted(RuntimeError):
+    """SIGTERM: the last completed step is checkpointed; rerun with resume=true to continue."""
+
+
+@dataclass
+class Instance:
+    """One task instance: its env, its verifier pool and its own state buffer."""
+    env: object
+    pool: VerifierPool
+    buffer: StateSampler
+
+
+def run(cfg: TrainConfig, *, sampler=None, service=None, log=print) -> list[dict]:
+    """Run cfg.steps steps (continuing the latest checkpoint when cfg.resume). `sampler`: an inference sampler
+    for the local backend to share (tests, benches); `service`: a ready Tinker-shaped ServiceClient."""
     cfg.check()
     out = Path(cfg.out)
+    checkpoints = Checkpoints(out, keep=cfg.keep_checkpoints)
+    saved = checkpoints.latest() if cfg.resume else None
+    if saved is None and (out / "metrics.jsonl").exists():
+        raise ValueError(f"{out} already holds a run: pass resume=true to continue it, or choose another out=")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    model_path = resolve_model(cfg.model)
-    env = make_env(cfg.env)
-    pool = VerifierPool(env, backend=cfg.verifier_backend, progress=False)  # the step table is the progress
-    owns_sampler = sampler is None
-    if owns_sampler:
-        sampler = make_sampler(cfg.sampler, model_path, server_urls=cfg.server_urls, num_servers=cfg.num_servers,
-                               log_dir=str(out), **{"max_lora_rank": cfg.lora_rank, "seed": cfg.seed,
-                                                    "max_model_len": cfg.max_model_len, **cfg.sampler_args})
-    try:
-        return _run(cfg, out, env, pool, sampler, model_path, log)
-    finally:
-        pool.close()
-        if owns_sampler:
-            sampler.close()
+    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    with ExitStack() as stack:
+        curriculum = Curriculum(list(cfg.curriculum), cfg.promote_valid_rate, cfg.promote_reward)
+        instances = [_instance(cfg, overrides, stack) for overrides in curriculum.overrides]
+        if service is None:
+            service = _service(cfg, sampler, out, stack)
+        stop = _preemption_flag(stack)
+        return _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, stack, log)
 
 
-def _run(cfg: LoopConfig, out: Path, env, pool, sampler, model_path: str, log) -> list[dict]:
-    learner = LoRALearner(model_path, LoraSpec(rank=cfg.lora_rank, seed=cfg.seed))
-    adam = tinker.AdamParams(learning_rate=cfg.learning_rate, beta1=0.9, beta2=0.95, eps=1e-8)
-    params = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature)
-
-    state = env.initial_states()[0]
-    prompt_tokens = render_prompt(sampler.get_tokenizer(), env.prompt(state))
-    probe_tokens = prompt_tokens + sampler.get_tokenizer().encode(PROBE_TEXT)
-    prefill_tokens = sampler.get_tokenizer().encode(cfg.prefill_text)
-    version, _ = _new_version(cfg, sampler, learner, out, -1, probe_tokens, log)  # v0: B = 0, same as base
-    best_reward, records = -math.inf, []
-    log(table_header())
-    for step in range(cfg.steps):
-        t0 = time.perf_counter()
-        seeds_G = [cfg.seed * 1_000_003 + step * 1_000 + g for g in range(cfg.groups)]
-        if cfg.thinking_budget > 0:
-            groups_G = sample_two_phase(sampler, [prompt_tokens] * cfg.groups, cfg.group_size, params,
-                                        thinking_budget=cfg.thinking_budget, final_budget=cfg.final_budget,
-                                        prefill_tokens=prefill_tokens, seeds_P=seeds_G)
+def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, stack, log) -> list[dict]:
+    rng = np.random.default_rng(cfg.seed)
+    groups = cfg.groups
+    best = None  # {"reward", "score", "construction", "text", "state", "step", "instance"}
+    version = 0  # optimizer steps taken = the adapter version the sampler serves
+    training = sampling = None
+    if cfg.trains:
+        adam = types.AdamParams(learning_rate=cfg.learning_rate, beta1=cfg.adam_beta1, beta2=cfg.adam_beta2,
+                                eps=cfg.adam_eps, weight_decay=cfg.weight_decay, grad_clip_norm=cfg.grad_clip_norm)
+        if saved is None:
+            training = service.create_lora_training_client(
+                base_model=cfg.base_model, rank=cfg.lora_rank, seed=cfg.seed, train_mlp=cfg.train_mlp,
+                train_attn=cfg.train_attn, train_unembed=cfg.train_unembed).result()
         else:
-            groups_G = sampler.sample([prompt_tokens] * cfg.groups, cfg.group_size, params, seeds_P=seeds_G)
+            training = service.create_training_client_from_state_with_optimizer(saved["training_state"]).result()
+        sampling = training.save_weights_and_get_sampling_client().result()
+        tokenizer = training.get_tokenizer()
+    else:  # frozen / best_of_n: the base model samples, nothing trains
+        sampling = service.create_sampling_client(base_model=cfg.base_model).result()
+        tokenizer = sampling.get_tokenizer()
+    base = (service.create_sampling_client(base_model=cfg.base_model).result()
+            if cfg.trains and cfg.kl_coef > 0 else None)
+
+    start = 0
+    for inst in instances:
+        inst.buffer.add_initial(_initial_states(inst.env, cfg.groups, rng))
+    if saved is not None:
+        start, version, groups, best = saved["step"] + 1, saved["version"], saved["groups"], saved["best"]
+        restore_rng(rng, saved["rng"])
+        curriculum.restore(saved["curriculum"])
+        for inst, buffer in zip(instances, saved["buffers"]):
+            inst.buffer = StateSampler.from_dict(buffer)
+        log(f"resumed {out} after step {saved['step']} (adapter v{version}, buffer sizes "
+            f"{[len(i.buffer) for i in instances]})")
+    records = truncate_metrics(out / "metrics.jsonl", start)
+    rollout_log = RolloutLog(out / "rollouts.jsonl")
+    wandb = stack.enter_context(M.WandbRun(cfg, out, resume=saved is not None))
+    prefill_tokens = tokenizer.encode(cfg.prefill_text, add_special_tokens=False)
+    params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    probe_tokens = None
+    if cfg.trains and saved is None:  # v0 has B = 0: it must already equal the base model
+        probe_tokens = _probe_tokens(cfg, tokenizer, instances[0])
+        _check_probe(cfg, training, sampling, probe_tokens, version, log)
+
+    log(M.table_header())
+    for step in range(start, cfg.steps):
+        step_rng_state = rng_states(rng)  # the state a preemption checkpoint of step-1 must hold
+        t0 = time.perf_counter()
+        inst_id = curriculum.current
+        inst = instances[inst_id]
+
+        # 1. select states and build prompts
+        parents = _select(inst.buffer, groups, rng)
+        prompts_G = [render_prompt(tokenizer, inst.env.prompt(node.state), cfg.chat_template_kwargs)
+                     for node in parents]
+
+        # 2. sample G groups of K (all in flight at once)
+        seeds_G = [group_seed(cfg.seed, step, g) for g in range(groups)]
+        with M.progress(cfg.progress and groups >= 8, groups, f"sample step {step}") as bar:
+            sampled_G = sample_groups(sampling, prompts_G, cfg.group_size, params, seeds_G, tokenizer,
+                                      thinking_budget=cfg.thinking_budget, final_budget=cfg.final_budget,
+                                      prefill_tokens=prefill_tokens, progress=bar)
+        rollouts = [Rollout(group=g, index=g * cfg.group_size + k, parent_id=parents[g].id,
+                            prompt_tokens=prompts_G[g], **seq)
+                    for g, group in enumerate(sampled_G) for k, seq in enumerate(group)]
         t1 = time.perf_counter()
+        _raise_if(stop, cfg, checkpoints, step - 1, lambda: _loop_state(
+            cfg, step - 1, version, groups, best, curriculum, instances, training, step_rng_state, out))
 
-        rollouts = [seq for group in groups_G for seq in group]
-        results = pool.evaluate([seq.text for seq in rollouts], [state] * len(rollouts))
-        rewards_G_K = np.array([r.reward for r in results], dtype=np.float64).reshape(cfg.groups, cfg.group_size)
+        # 3. verify in the sandbox; every finished evaluation is logged at once, logged ones are not redone
+        _verify(inst, rollouts, step, inst_id, rollout_log)
+        rewards_G_K = np.array([r.result.reward for r in rollouts]).reshape(groups, cfg.group_size)
         t2 = time.perf_counter()
+        _raise_if(stop, cfg, checkpoints, step - 1, lambda: _loop_state(
+            cfg, step - 1, version, groups, best, curriculum, instances, training, step_rng_state, out))
 
-        datums, sampler_lps, betas = [], [], []
-        for g, group in enumerate(groups_G):
-            if np.all(rewards_G_K[g] == rewards_G_K[g, 0]) and (datums or g < cfg.groups - 1):
-                continue  # constant group: no signal (the last one is kept if all are, as TTT-Discover does)
-            advantages_K, beta = compute_advantages(rewards_G_K[g], cfg.advantage)
-            betas.append(beta)
-            for seq, advantage in zip(group, advantages_K):
-                datums.append(rollout_datum(prompt_tokens, seq.tokens, seq.logprobs, advantage, seq.mask))
-                sampler_lps.append((np.array(seq.logprobs), np.array(seq.mask or [1] * len(seq.tokens), bool)))
-        fb = learner.forward_backward(datums, "importance_sampling")
-        deltas = np.concatenate([  # only the tokens the sampler chose; forced prefill tokens have no logprob
-            np.abs(np.array(completion_logprobs(o["logprobs"], len(prompt_tokens))) - lp)[chosen]
-            for o, (lp, chosen) in zip(fb["loss_fn_outputs"], sampler_lps)])
-        _check_serving(cfg, float(deltas.max()), f"step {step}: sampler and learner logprobs", version, log)
-        optim = learner.optim_step(adam)
+        # 4. buffer update (PUCT visit counts, children) and the best state ever seen (drawn when it improves)
+        improved = _best_of(rollouts, best)
+        if improved is not None:  # with its parent state, so `ttt eval` can verify it again
+            best = {**improved, "step": step, "instance": inst_id,
+                    "parent_state": inst.buffer.node(improved["parent_id"]).state.to_dict()}
+            M.write_best(out, best, inst.env, cfg.env_name)
+        for r in rollouts:
+            child = _child_state(inst.env, r, inst.buffer.node(r.parent_id).state) if r.result.ok else None
+            inst.buffer.record(r.parent_id, child, r.result.value if child is not None else None)
+        inst.buffer.flush()
+
+        # 5. advantages -> datums -> one optimizer step -> the sampler serves the new version
+        train_stats = {}
+        t2b = time.perf_counter()
+        if cfg.trains:
+            datums, trained, train_stats = _datums(cfg, rollouts, rewards_G_K, base)
+            if datums:
+                train_stats.update(_train(cfg, training, datums, trained, adam, step, version, log))
+                version += 1
         t3 = time.perf_counter()
+        if cfg.trains and train_stats.get("trained"):
+            sampling = training.save_weights_and_get_sampling_client().result()
+            if cfg.probe_every_swap:
+                probe_tokens = probe_tokens or _probe_tokens(cfg, tokenizer, instances[0])
+                train_stats["probe_mismatch"] = _check_probe(cfg, training, sampling, probe_tokens, version, log)
+        t4 = time.perf_counter()
 
-        rewards = rewards_G_K.ravel()
-        best_reward = max(best_reward, float(rewards.max()))
-        record = {
-            "step": step, "reward_mean": float(rewards.mean()), "reward_max": float(rewards.max()),
-            "best_reward": best_reward, "valid_rate": float(np.mean([r.ok for r in results])),
-            "adapter_version": rollouts[0].adapter_version, "mismatch_mean": float(deltas.mean()),
-            "mismatch_max": float(deltas.max()), "loss": fb["metrics"]["loss:sum"],
-            "grad_norm": optim["grad_norm:mean"], "groups_trained": len(betas),
-            "beta_mean": float(np.mean(betas)), "tokens_sampled": int(sum(len(s.tokens) for s in rollouts)),
-            "tokens_trained": int(sum(d.model_input.length for d in datums)),
-            "t_sample": t1 - t0, "t_verify": t2 - t1, "t_train": t3 - t2,
-            "best_construction": _best_construction(results),
-        }
-        try:  # the step's record is written even if the new adapter fails its proof of serving
-            version, record["probe_mismatch"] = _new_version(cfg, sampler, learner, out, version, probe_tokens, log)
-        finally:
-            record["t_swap"] = time.perf_counter() - t3
-            records.append(record)
-            append_jsonl(out / "metrics.jsonl", record)
-            log(table_row(record))
-    plot_curves(records, out / "learning_curve.png", title=f"{cfg.env} on {cfg.model}")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        # 6. metrics, curriculum, batch size, checkpoint
+        record = M.step_record(step, rollouts, rewards_G_K, inst.buffer, best, version, groups, inst_id,
+                               train_stats, {"t_sample": t1 - t0, "t_verify": t2 - t1, "t_buffer": t2b - t2,
+                                             "t_train": t3 - t2b, "t_swap": t4 - t3})
+        n_valid = sum(r.result.ok for r in rollouts)
+        record["promoted"] = curriculum.record_step(step, n_valid, len(rollouts), float(rewards_G_K.sum()),
+                                                    float(rewards_G_K.max()))
+        if cfg.adaptive_batch:
+            groups = next_groups(groups, record["valid_rate"], cfg.target_valid_rate, cfg.min_groups,
+                                 cfg.max_groups, len(rollouts))
+        t5 = time.perf_counter()
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stop["set"]:
+            checkpoints.write(step, _loop_state(cfg, step, version, groups, best, curriculum, instances, training,
+                                                rng_states(rng), out))
+        record["t_checkpoint"] = time.perf_counter() - t5
+        records.append(record)
+        M.append_record(out, record)
+        wandb.log(record)
+        log(M.table_row(record))
+        if stop["set"]:
+            raise Preempted(f"SIGTERM: stopped after step {step}, checkpointed; rerun with resume=true")
+
+    M.finish(out, records, best, instances[curriculum.current].env, cfg)
     return records
 
 
-def _check_serving(cfg: LoopConfig, delta: float, what: str, version: int, log) -> None:
-    """The proof that the sampler serves the adapter we trained: stop (or warn) beyond the threshold."""
+# ---- the pieces, in the order the loop uses them ----------------------------------------------------------
+
+def _instance(cfg: TrainConfig, overrides: dict, stack: ExitStack) -> Instance:
+    from hydra.utils import instantiate
+
+    env = instantiate({**cfg.env, **overrides})
+    pool = VerifierPool(env, backend=cfg.verifier_backend, address=cfg.ray_address(),
+                        progress=None if cfg.progress else False, progress_min=256)  # small steps: the table
+    stack.callback(pool.close)
+    if cfg.mode == "best_of_n":
+        buffer = make_state_sampler("fixed")
+    elif cfg.state_sampler == "greedy":
+        buffer = make_state_sampler("greedy", epsilon=cfg.epsilon, topk_children=cfg.topk_children,
+                                    max_buffer_size=cfg.max_buffer_size)
+    elif cfg.state_sampler == "fixed":
+        buffer = make_state_sampler("fixed")
+    else:
+        buffer = make_state_sampler(cfg.state_sampler, c=cfg.puct_c, topk_children=cfg.topk_children,
+                                    max_buffer_size=cfg.max_buffer_size)
+    return Instance(env, pool, buffer)
+
+
+def _service(cfg: TrainConfig, sampler, out: Path, stack: ExitStack):
+    from shim.factory import make_engine, make_service_client
+
+    if cfg.backend == "tinker":
+        service = make_service_client("tinker", base_url=cfg.base_url, api_key=cfg.api_key)
+        return service
+    engine_kwargs = {"max_lora_rank": cfg.lora_rank, "max_model_len": cfg.max_model_len, "seed": cfg.seed,
+                     **cfg.sampler_args}
+    if cfg.sampler == "server":
+        engine_kwargs.update(server_urls=cfg.vllm_urls(), num_servers=cfg.num_servers, log_dir=str(out))
+    engine = make_engine(cfg.base_model, sampler=sampler, sampler_kind=cfg.sampler,
+                         checkpoint_dir=str(out / "tinker"), max_lora_rank=cfg.lora_rank,
+                         sampler_kwargs=engine_kwargs, learner_kwargs=cfg.learner_args)
+    if sampler is None:  # we started it, we stop it
+        stack.callback(engine.pool.sampler.close)
+    service = make_service_client("local", engine=engine)
+    stack.callback(service.close)
+    return service
+
+
+def _preemption_flag(stack: ExitStack) -> dict:
+    """SIGTERM (Slurm preemption) sets a flag; the loop checkpoints and stops at the next safe point."""
+    flag = {"set": False}
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda *_: flag.update(set=True))
+        stack.callback(signal.signal, signal.SIGTERM, previous)
+    except ValueError:  # not the main thread: no signal handling
+        pass
+    return flag
+
+
+def _raise_if(stop, cfg, checkpoints: Checkpoints, completed: int, state_fn) -> None:
+    """Before the step mutates anything: make sure step `completed` is checkpointed, then stop."""
+    if not stop["set"]:
+        return
+    latest = checkpoints.latest()
+    if completed >= 0 and (latest is None or latest["step"] < completed):
+        checkpoints.write(completed, state_fn())
+    raise Preempted(f"SIGTERM: stopped before step {completed + 1} (steps up to {completed} are checkpointed); "
+                    "rerun with resume=true")
+
+
+def _initial_states(env, groups: int, rng) -> list[State]:
+    """The env's initial states; a single-state env is asked `groups` times (random ones then differ), as
+    the original creates batch_size initial states so that PUCT can fill every group at the first step."""
+    states = list(env.initial_states(rng))
+    if len(states) == 1:
+        states += [s for _ in range(groups - 1) for s in env.initial_states(rng)]
+    return states
+
+
+def _select(buffer: StateSampler, groups: int, rng) -> list:
+    """PUCT returns fewer than `groups` states once every lineage is blocked; the picks are then reused in
+    order (each gets more than one group), so every step has the same batch shape."""
+    picked = buffer.select(groups, rng)
+    if not picked:
+        raise RuntimeError("the state buffer is empty: the env gave no initial state")
+    return [picked[i % len(picked)] for i in range(groups)]
+
+
+def _verify(inst: Instance, rollouts: list[Rollout], step: int, inst_id: int, log: RolloutLog) -> None:
+    todo = []
+    for r in rollouts:
+        r.result = log.lookup(step, r.index, r.text)
+        if r.result is None:
+            todo.append(r)
+    states = [inst.buffer.node(r.parent_id).state for r in todo]
+
+    def on_result(i: int, result: VerifyResult) -> None:
+        r = todo[i]
+        log.append(step, r.index, r.group, r.parent_id, inst_id, r.text, result)
+
+    for r, result in zip(todo, inst.pool.evaluate([r.text for r in todo], states, on_result=on_result)):
+        r.result = result
+
+
+def _child_state(env, r: Rollout, parent: State) -> State:
+    """A valid rollout becomes a state the next prompts can build on (TTT-Discover state reuse)."""
+    return State(code=env.parse(r.text) or "", construction=r.result.construction, score=r.result.score,
+                 value=r.result.value, parent_score=parent.score, stdout_tail=r.result.stdout_tail,
+                 task_id=parent.task_id)
+
+
+def _best_of(rollouts: list[Rollout], best: dict | None) -> dict | None:
+    valid = [r for r in rollouts if r.result.ok]
+    if not valid:
+        return None
+    top = max(valid, key=lambda r: r.result.reward)  # first of equals: deterministic
+    if best is not None and top.result.reward <= best["reward"]:
+        return None
+    return {"reward": top.result.reward, "score": top.result.score, "value": top.result.value,
+            "construction": top.result.construction, "text": top.text, "parent_id": top.parent_id}
+
+
+def _datums(cfg: TrainConfig, rollouts: list[Rollout], rewards_G_K: np.ndarray,
+            base) -> tuple[list, list[Rollout], dict]:
+    """Constant groups carry no signal and are dropped (the last one is kept if all are, as TTT-Discover)."""
+    G, K = rewards_G_K.shape
+    mixed = [g for g in range(G) if not np.all(rewards_G_K[g] == rewards_G_K[g, 0])]
+    stats = {"frac_mixed": len(mixed) / G}
+    if cfg.mode == "expert_iteration":
+        chosen = []
+        for g in range(G):
+            valid = [r for r in rollouts[g * K:(g + 1) * K] if r.result.ok]
+            chosen += sorted(valid, key=lambda r: -r.result.reward)[:cfg.expert_top_k]
+        stats["imitated"] = len(chosen)
+        return [imitation_datum(r.prompt_tokens, r.tokens, r.mask) for r in chosen], chosen, stats
+    keep = mixed or [G - 1]
+    trained, advantages, betas = [], [], []
+    for g in keep:
+        advantages_K, beta = compute_advantages(rewards_G_K[g], cfg.advantage, cfg.advantage_beta)
+        betas.append(beta)
+        for r, a in zip(rollouts[g * K:(g + 1) * K], advantages_K):
+            trained.append(r)
+            advantages.append(np.full(len(r.tokens), float(a)))
+    stats.update(M.beta_stats(betas))
+    if base is not None:
+        futures = [base.compute_logprobs(types.ModelInput.from_ints(r.prompt_tokens + r.tokens)) for r in trained]
+        base_lps = [np.asarray(f.result()[len(r.prompt_tokens):], dtype=np.float64)
+                    for f, r in zip(futures, trained)]
+        advantages, stats["kl_sampler_base"] = fold_kl_penalty(
+            advantages, [r.logprobs for r in trained], base_lps, [r.mask for r in trained], cfg.kl_coef)
+    datums = [rollout_datum(r.prompt_tokens, r.tokens, r.logprobs, a.tolist(), r.mask)
+              for r, a in zip(trained, advantages)]
+    return datums, trained, stats
+
+
+def _train(cfg: TrainConfig, training, datums: list, trained: list[Rollout], adam, step: int, version: int,
+           log) -> dict:
+    """One forward_backward + optim_step; the learner's logprobs of the sampled tokens must equal the
+    sampler's (both losses return them), else the sampler was not serving adapter v`version`."""
+    loss_fn = "cross_entropy" if cfg.mode == "expert_iteration" else cfg.loss_fn
+    fb_future = training.forward_backward(datums, loss_fn, cfg.loss_fn_config or None)
+    optim_future = training.optim_step(adam)  # queued behind forward_backward, as the SDK pipelines them
+    fb, optim = fb_future.result(), optim_future.result()
+    stats = {"trained": True, "loss": fb.metrics.get("loss:sum"), "datums": len(datums),
+             "tokens_trained": int(sum(d.model_input.length for d in datums)),
+             "grad_norm": (optim.metrics or {}).get("grad_norm:mean")}
+    deltas = M.sampler_learner_deltas(fb, trained)
+    stats["mismatch_mean"], stats["mismatch_max"] = float(deltas.mean()), float(deltas.max())
+    _check(cfg, stats["mismatch_max"], f"step {step}: sampler and learner logprobs", version, log)
+    return stats
+
+
+def _probe_tokens(cfg, tokenizer, inst: Instance) -> list[int]:
+    prompt = render_prompt(tokenizer, inst.env.prompt(inst.buffer.nodes[0].state), cfg.chat_template_kwargs)
+    return prompt + tokenizer.encode(PROBE_TEXT, add_special_tokens=False)
+
+
+def _check_probe(cfg, training, sampling, probe_tokens: list[int], version: int, log) -> float:
+    """The proof of serving: the sampler's logprobs of a fixed probe equal the learner's."""
+    served = sampling.compute_logprobs(types.ModelInput.from_ints(probe_tokens)).result()[1:]
+    datum = types.Datum(model_input=types.ModelInput.from_ints(probe_tokens[:-1]), loss_fn_inputs={
+        "target_tokens": probe_tokens[1:], "weights": [0.0] * (len(probe_tokens) - 1)})
+    trained = training.forward([datum], "cross_entropy").result().loss_fn_outputs[0]["logprobs"].to_numpy()
+    delta = float(np.abs(np.asarray(served, dtype=np.float64) - trained).max())
+    _check(cfg, delta, f"after swapping to v{version}, probe logprobs of sampler and learner", version, log)
+    return delta
+
+
+def _check(cfg, delta: float, what: str, version: int, log) -> None:
     if delta <= cfg.mismatch_threshold:
         return
     message = (f"{what} differ by {delta:.2e} (> {cfg.mismatch_threshold:g}): "
@@ -179,23 +394,16 @@ def _check_serving(cfg: LoopConfig, delta: float, what: str, version: int, log) 
     log(f"warning: {message}")
 
 
-def _new_version(cfg, sampler, learner, out: Path, version: int, probe_tokens: list[int], log):
-    """Save the learner's adapter as version+1, make the sampler serve it, prove it on a fixed probe;
-    keep two adapters on disk. Returns (new version, probe |delta logprob| max)."""
-    new = version + 1
-    path = out / "adapters" / f"v{new}"
-    learner.save_adapter(str(path))
-    sampler.load_adapter(new, str(path))
-    served = np.array(sampler.compute_logprobs(probe_tokens, version=new)[1:], dtype=np.float64)
-    probe = tinker.Datum(model_input=tinker.ModelInput.from_ints(probe_tokens[:-1]), loss_fn_inputs={
-        "target_tokens": probe_tokens[1:], "weights": [0.0] * (len(probe_tokens) - 1)})
-    trained = learner.forward_backward([probe], "cross_entropy", forward_only=True)["loss_fn_outputs"][0]["logprobs"]
-    delta = float(np.abs(served - trained.numpy()).max())
-    _check_serving(cfg, delta, f"after swapping to v{new}, probe logprobs of sampler and learner", new, log)
-    shutil.rmtree(out / "adapters" / f"v{new - 2}", ignore_errors=True)
-    return new, delta
+def _loop_state(cfg, step, version, groups, best, curriculum, instances, training, rng_state, out) -> dict:
+    state = {"step": step, "version": version, "groups": groups, "best": best, "rng": rng_state,
+             "curriculum": curriculum.to_dict(), "buffers": [i.buffer.to_dict() for i in instances],
+             "base_model": cfg.base_model, "env": cfg.env, "env_name": cfg.env_name,
+             "curriculum_overrides": list(cfg.curriculum), "training_state": None, "local_training_dir": None}
+    if training is not None:
+        path = training.save_state(f"step_{step:06d}").result().path
+        state["training_state"] = path
+        if cfg.backend == "local":
+            from shim.checkpoint_paths import CheckpointStore
 
-
-def _best_construction(results) -> object:
-    valid = [r for r in results if r.ok]
-    return max(valid, key=lambda r: r.reward).construction if valid else None
+            state["local_training_dir"] = str(CheckpointStore(out / "tinker").parse(path).directory)
+    return state

@@ -13,6 +13,8 @@ COLUMNS = [  # (key, header, format)
     ("reward_max", "reward_max", "{:>10.4f}"),
     ("best_reward", "best", "{:>7.4f}"),
     ("valid_rate", "valid", "{:>6.2f}"),
+    ("frac_mixed", "mixed", "{:>6.2f}"),
+    ("buffer_size", "buffer", "{:>6d}"),
     ("adapter_version", "adapter", "{:>7d}"),
     ("mismatch_max", "|dlogp|max", "{:>10.2e}"),
     ("t_sample", "sample_s", "{:>8.2f}"),
@@ -57,6 +59,7 @@ def plot_curves(records: list[dict], png_path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = [{k: (math.nan if v is None else v) for k, v in r.items()} for r in records]
     steps = [r["step"] for r in records]
     fig, (ax_r, ax_v) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax_r.plot(steps, [r["reward_mean"] for r in records], marker="o", label="mean reward")

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lora-rank", type=int, default=32)
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY / 2**20)
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch intra-op threads of the learner (default: torch's own choice, one per core)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -49,6 +51,12 @@ def serve_main(argv: list[str]) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from shim.factory import make_engine
 
+    if args.torch_threads is not None:
+        if args.torch_threads < 1:
+            raise SystemExit(f"ttt serve: --torch-threads must be >= 1, got {args.torch_threads}")
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     api_key = args.api_key or "tml-" + secrets.token_urlsafe(24)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"ttt serve: WARNING: listening on {args.host}, reachable beyond this machine", flush=True)

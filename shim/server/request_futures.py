@@ -10,6 +10,7 @@ import concurrent.futures
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -22,6 +23,7 @@ class Pending:
     encode: Encoder
     extra: dict = field(default_factory=dict)  # returned with the request_id (e.g. sample_sequence_ids)
     finished_at: float | None = None
+    key: Hashable | None = None
 
 
 class RequestFutures:
@@ -29,6 +31,7 @@ class RequestFutures:
         self.keep_s = keep_s
         self._items: dict[str, Pending] = {}
         self._by_key: dict[Hashable, str] = {}
+        self._finished: deque[tuple[float, str]] = deque()  # (finished_at, request_id), oldest first
         self._lock = threading.Lock()
 
     def add(self, key: Hashable | None, start: Callable[[], concurrent.futures.Future], encode: Encoder,
@@ -39,22 +42,32 @@ class RequestFutures:
             if key is not None and key in self._by_key and self._by_key[key] in self._items:
                 request_id = self._by_key[key]
                 return request_id, self._items[request_id]
-            pending = Pending(start(), encode, dict(extra or {}))
+            pending = Pending(start(), encode, dict(extra or {}), key=key)
             request_id = str(uuid.uuid4())
             self._items[request_id] = pending
             if key is not None:
                 self._by_key[key] = request_id
-        pending.future.add_done_callback(lambda _: setattr(pending, "finished_at", time.monotonic()))
+        pending.future.add_done_callback(lambda _: self._finish(request_id, pending))
         return request_id, pending
 
     def get(self, request_id: str) -> Pending | None:
         with self._lock:
             return self._items.get(request_id)
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def _finish(self, request_id: str, pending: Pending) -> None:
+        with self._lock:
+            pending.finished_at = time.monotonic()
+            self._finished.append((pending.finished_at, request_id))
+
     def _sweep(self) -> None:
+        """Forget entries finished more than keep_s ago: O(expired), not O(all entries), per call."""
         cutoff = time.monotonic() - self.keep_s
-        old = [rid for rid, p in self._items.items() if p.finished_at is not None and p.finished_at < cutoff]
-        for rid in old:
-            del self._items[rid]
-        if old:
-            self._by_key = {k: rid for k, rid in self._by_key.items() if rid in self._items}
+        while self._finished and self._finished[0][0] < cutoff:
+            _, request_id = self._finished.popleft()
+            pending = self._items.pop(request_id, None)
+            if pending is not None and pending.key is not None and self._by_key.get(pending.key) == request_id:
+                del self._by_key[pending.key]

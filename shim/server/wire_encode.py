@@ -17,7 +17,8 @@ def json_body(value) -> tuple[str, bytes]:
 
 
 def forward_backward(result: dict, as_proto: bool) -> tuple[str, bytes]:
-    outputs = [{k: v.float().numpy().astype(np.float32) for k, v in out.items()} for out in result["loss_fn_outputs"]]
+    outputs = [{k: v.float().numpy().astype(np.float32, copy=False) for k, v in out.items()}
+               for out in result["loss_fn_outputs"]]
     metrics = {k: float(v) for k, v in result["metrics"].items()}
     if not as_proto:
         return json_body({"loss_fn_output_type": "ArrayRecord", "metrics": metrics, "loss_fn_outputs": [

@@ -1,0 +1,202 @@
+"""Token-budget micro-batching (issue 4): passes respect `micro_batch_tokens` (a datum longer than it runs alone),
+the (T, V) logits of a pass are never built (lm_head + log-softmax run in row chunks), any budget gives the loss
+and gradients of one big batch (checked against a plain HF forward computed here), and peak memory is set by the
+micro-batch, not by the number of datums."""
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import tinker
+import torch
+
+from trainer.learner import LoRALearner, LoraSpec
+from trainer.learner_inputs import plan_micro_batches
+from trainer.learner_logprobs import CHUNK_ROWS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LENGTHS = [700, 300, 1500, 120, 64, 900]  # 3584 tokens; 1500 > the 1024 budget below and > CHUNK_ROWS
+
+
+def make_data(lengths, vocab=2048, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    data = []
+    for n in lengths:
+        tokens = torch.randint(0, vocab, (n + 1,), generator=g)
+        data.append(tinker.Datum(model_input=tinker.ModelInput.from_ints(tokens[:-1].tolist()), loss_fn_inputs={
+            "target_tokens": tokens[1:].tolist(),
+            "logprobs": (-7.0 + 0.3 * torch.randn(n, generator=g)).tolist(),
+            "advantages": torch.randn(n, generator=g).tolist()}))
+    return data
+
+
+def make_learner(path, **options):
+    learner = LoRALearner(path, LoraSpec(rank=4, seed=3, train_unembed=options.pop("train_unembed", False)),
+                          **options)
+    with torch.no_grad():  # non-zero B: every LoRA matrix gets a gradient, logprobs depend on the adapter
+        g = torch.Generator().manual_seed(0)
+        for name, p in learner.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return learner
+
+
+def take_grads(learner):
+    grads = {n: p.grad.detach().clone() for n, p in learner.named_params}
+    learner.optimizer.zero_grad(set_to_none=True)
+    return grads
+
+
+def reference(learner, data):
+    """Sum-reduced importance-sampling loss, per-token logprobs and gradients from a plain HF forward of each
+    datum on its own: full logits, log_softmax, gather; nothing from the learner's batching code."""
+    total = torch.zeros(())
+    logprobs = []
+    for d in data:
+        ids = torch.tensor([d.model_input.to_ints()])
+        targets = torch.tensor(d.loss_fn_inputs["target_tokens"].data)
+        q = torch.tensor(d.loss_fn_inputs["logprobs"].data)
+        adv = torch.tensor(d.loss_fn_inputs["advantages"].data)
+        logits = learner.model(input_ids=ids, use_cache=False).logits[0]
+        lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None])[:, 0]
+        total = total - (torch.exp(lp - q) * adv).sum()
+        logprobs.append(lp.detach())
+    total.backward()
+    return float(total), logprobs, take_grads(learner)
+
+
+def assert_close(out, grads, ref, tol=1e-6):
+    ref_loss, ref_lps, ref_grads = ref
+    assert out["metrics"]["loss:sum"] == pytest.approx(ref_loss, rel=tol, abs=tol)
+    for got, want in zip(out["loss_fn_outputs"], ref_lps):
+        assert got["logprobs"].shape == want.shape
+        assert float((got["logprobs"] - want).abs().max()) <= tol * float(want.abs().max())
+    assert grads.keys() == ref_grads.keys()
+    for n in grads:
+        assert float(ref_grads[n].norm()) > 0, n  # a real gradient, not two zeros agreeing
+        assert float((grads[n] - ref_grads[n]).norm()) <= tol * float(ref_grads[n].norm()), n
+
+
+# -- (a) plans and passes -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("packed", [True, False])
+def test_plans_respect_the_budget_and_long_datums_run_alone(packed):
+    rng = random.Random(0)
+    for _ in range(300):
+        budget = rng.randint(1, 600)
+        lengths = [rng.randint(1, 800) for _ in range(rng.randint(1, 40))]
+        plan = plan_micro_batches(lengths, budget, packed)
+        assert sorted(i for group in plan for i in group) == list(range(len(lengths)))  # each datum once
+        for group in plan:
+            cost = sum(lengths[i] for i in group) if packed else max(lengths[i] for i in group) * len(group)
+            if cost > budget:  # only a single datum that alone exceeds the budget may do so
+                assert len(group) == 1 and lengths[group[0]] > budget, (budget, lengths, group)
+        for i, n in enumerate(lengths):
+            if n > budget:
+                assert [i] in plan
+    assert plan_micro_batches([5000], 1024, packed) == [[0]]
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_learner_passes_follow_the_plan_and_never_build_full_logits(tiny_model_path, packing):
+    learner = make_learner(tiny_model_path, micro_batch_tokens=1024, packing=packing)
+    passes, head_rows = [], []
+    h1 = learner.decoder.register_forward_pre_hook(
+        lambda m, args, kwargs: passes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    h2 = learner.lm_head.register_forward_pre_hook(lambda m, args: head_rows.append(args[0].shape))
+    try:
+        out = learner.forward_backward(make_data(LENGTHS), "importance_sampling")
+    finally:
+        h1.remove()
+        h2.remove()
+    plan = plan_micro_batches(LENGTHS, 1024, packing)
+    assert len(passes) == len(plan) >= 4
+    assert (1, 1500) in passes  # the over-long datum: a pass of its own
+    assert all(b * w <= 1024 for b, w in passes if (b, w) != (1, 1500))
+    assert [tuple(lp["logprobs"].shape) for lp in out["loss_fn_outputs"]] == [(n,) for n in LENGTHS]
+    # lm_head never sees more than CHUNK_ROWS rows: (1, 1, H) = the model's own logits_to_keep=1 call, (C, H) =
+    # chunks, run once in forward and once more in backward (recomputation), real tokens only (no padding)
+    assert all(s.numel() // s[-1] <= CHUNK_ROWS for s in head_rows)
+    chunk_rows = sum(s[0] for s in head_rows if len(s) == 2)
+    assert chunk_rows == 2 * sum(LENGTHS)
+    assert all(p.grad is not None for p in learner.params)
+
+
+# -- (b) exactness -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("options", [{}, {"packing": False}, {"train_unembed": True},
+                                     {"gradient_checkpointing": True}])
+def test_small_budget_equals_one_pass_and_plain_hf_reference(tiny_model_path, options):
+    data = make_data(LENGTHS, seed=1)
+    learner = make_learner(tiny_model_path, micro_batch_tokens=1024, **options)
+    small = learner.forward_backward(data, "importance_sampling")
+    small_grads = take_grads(learner)
+    learner.micro_batch_tokens = 10**6  # one pass for everything (packed: one row; padded: 6 x 1500)
+    whole = learner.forward_backward(data, "importance_sampling")
+    whole_grads = take_grads(learner)
+    ref = reference(learner, data)
+    assert_close(small, small_grads, ref)
+    assert_close(whole, whole_grads, ref)
+    if options.get("train_unembed"):
+        assert any("lm_head" in n for n in small_grads)  # the chunked lm_head's LoRA gets its gradient
+
+
+def test_forward_only_and_accumulation_across_calls(tiny_model_path):
+    """forward() gives the same logprobs without gradients; two forward_backward calls on halves add up to one
+    call on all (gradients accumulate until optim_step)."""
+    data = make_data(LENGTHS, seed=2)
+    learner = make_learner(tiny_model_path, micro_batch_tokens=512)
+    fwd = learner.forward(data, "importance_sampling")
+    assert all(p.grad is None for p in learner.params)
+    first = learner.forward_backward(data[:3], "importance_sampling")
+    second = learner.forward_backward(data[3:], "importance_sampling")
+    grads = take_grads(learner)
+    ref_loss, ref_lps, ref_grads = reference(learner, data)
+    halves = {"metrics": {"loss:sum": first["metrics"]["loss:sum"] + second["metrics"]["loss:sum"]},
+              "loss_fn_outputs": first["loss_fn_outputs"] + second["loss_fn_outputs"]}
+    assert_close(halves, grads, (ref_loss, ref_lps, ref_grads))
+    assert fwd["metrics"]["loss:sum"] == pytest.approx(ref_loss, rel=1e-6)
+    for got, want in zip(fwd["loss_fn_outputs"], ref_lps):
+        assert float((got["logprobs"] - want).abs().max()) <= 1e-6 * float(want.abs().max())
+
+
+# -- (c) memory ----------------------------------------------------------------------------------------------
+PEAK_SCRIPT = textwrap.dedent("""
+    import os, resource, sys
+    sys.path.insert(0, {root!r})
+    sys.path.insert(0, os.path.join({root!r}, "tests"))
+    import torch
+    torch.set_num_threads(1)
+    from test_learner_token_budget import make_data, make_learner
+    learner = make_learner({path!r}, micro_batch_tokens=4096)
+    data = make_data([4096] * int(sys.argv[1]))
+    learner.forward_backward(make_data([64]), "importance_sampling")  # warm-up: lazy init, grad buffers
+    learner.optimizer.zero_grad(set_to_none=True)
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    learner.forward_backward(data, "importance_sampling")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print("PEAK_DELTA", peak - before)
+""")
+
+
+def peak_delta_bytes(tiny_model_path, n_datums: int) -> int:
+    """Highest RSS of a fresh process during forward_backward minus its RSS just before (activations and
+    temporaries). glibc's mmap threshold is pinned at 1 MiB so that large freed buffers go back to the OS and RSS
+    follows live memory instead of the allocator's high-water mark."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2**20), OMP_NUM_THREADS="1")
+    script = PEAK_SCRIPT.format(root=ROOT, path=tiny_model_path)
+    proc = subprocess.run([sys.executable, "-c", script, str(n_datums)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return int(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("PEAK_DELTA")))
+
+
+def test_peak_memory_does_not_grow_with_the_number_of_datums(tiny_model_path):
+    four = peak_delta_bytes(tiny_model_path, 4)
+    sixteen = peak_delta_bytes(tiny_model_path, 16)
+    # One 4096-token pass of the tiny model needs ~100+ MiB of activations; keeping every pass's graph (or one
+    # pass for the whole batch) would make the 16-datum peak several times the 4-datum one.
+    assert four > 50 * 2**20, four
+    assert sixteen <= 1.3 * four, (four / 2**20, sixteen / 2**20)

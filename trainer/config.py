@@ -1,0 +1,206 @@
+"""The run's configuration: one plain dataclass, composed by Hydra from configs/ (env, model, backend and
+experiment groups) plus command-line overrides, and checked before anything starts.
+
+    ttt train +experiment=seeds_cp26 steps=3 out=runs/cp26
+
+`model=NAME` picks configs/model/NAME.yaml; any other value (a hub name or a local path) becomes
+base_model=VALUE on top of configs/model/custom.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MODES = ("train", "frozen", "best_of_n", "expert_iteration")
+ADVANTAGES = ("entropic_adaptive_beta", "entropic", "mean_baseline", "grpo")
+LOSSES = ("importance_sampling", "ppo", "cispo", "dro")
+
+
+@dataclass
+class TrainConfig:
+    # -- the task: a Hydra node (`_target_` + the env's arguments), from configs/env/*.yaml
+    env: dict = field(default_factory=lambda: {"_target_": "envs.toy_digits.ToyDigitsEnv"})
+    env_name: str = "toy_digits"  # set by the env group; names the run and the pictures
+    # -- the run
+    out: str = "runs/train"
+    resume: bool = False  # true: continue from the latest checkpoint in `out` (a fresh start if none)
+    mode: str = "train"  # train | frozen (no updates) | best_of_n (no updates, no reuse) | expert_iteration
+    steps: int = 50
+    groups: int = 8  # G: states (prompts) per step
+    group_size: int = 64  # K: rollouts per state
+    seed: int = 0
+    # -- the model and its LoRA (configs/model/*.yaml)
+    base_model: str = "tiny"
+    lora_rank: int = 32
+    train_attn: bool = True
+    train_mlp: bool = True
+    train_unembed: bool = False  # vLLM cannot serve an lm_head LoRA
+    learning_rate: float = 4e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 0.0
+    loss_fn: str = "importance_sampling"
+    loss_fn_config: dict = field(default_factory=dict)
+    # -- sampling
+    max_tokens: int = 26000
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_model_len: int = 32768
+    chat_template_kwargs: dict = field(default_factory=dict)  # e.g. {reasoning_effort: high}
+    thinking_budget: int = 0  # > 0: two-phase sampling (thinking, forced prefill, final answer)
+    final_budget: int = 2048
+    prefill_text: str = "... okay, I am out of thinking tokens. I need to send my final message now."
+    # -- advantages
+    advantage: str = "entropic_adaptive_beta"
+    advantage_beta: float = 2.0  # the fixed beta of advantage=entropic
+    kl_coef: float = 0.0  # lambda of the KL-to-base penalty folded into the advantages (paper: 0.1)
+    expert_top_k: int = 1  # expert_iteration: the best valid rollouts per group that are imitated
+    # -- state reuse
+    state_sampler: str = "puct"  # puct | greedy | fixed
+    puct_c: float = 1.0
+    topk_children: int = 2
+    max_buffer_size: int = 1000
+    epsilon: float = 0.125  # greedy only
+    # -- curriculum over task instances: env overrides in order, e.g. [{n: 10}, {n: 18}, {n: 26}]
+    curriculum: list = field(default_factory=list)
+    promote_valid_rate: float = 0.5  # move on once a step's valid rate reaches this ...
+    promote_reward: float | None = None  # ... and (if set) its best reward reaches this
+    # -- adaptive batch: the next step's groups from this step's valid rate
+    adaptive_batch: bool = False
+    min_groups: int = 2
+    max_groups: int = 32
+    target_valid_rate: float = 0.5
+    # -- where the parts run (configs/backend/*.yaml)
+    backend: str = "local"  # local (our learner + sampler) | tinker (the official SDK; base_url)
+    base_url: str | None = None  # backend=tinker: a `ttt serve` URL, or null for Tinker's cloud
+    api_key: str | None = None  # backend=tinker: else TINKER_API_KEY
+    sampler: str = "vllm"  # backend=local: vllm | server (vLLM OpenAI servers) | hf
+    server_urls: list = field(default_factory=list)  # sampler=server; else TTT_VLLM_URLS (comma-separated)
+    num_servers: int = 1
+    sampler_args: dict = field(default_factory=dict)  # to the engine unchanged (vLLM LLM kwargs)
+    learner_args: dict = field(default_factory=dict)  # to LoRALearner (dtype, micro-batch budget, ...)
+    verifier_backend: str = "ray"  # ray | local
+    verifier_address: str | None = None  # a Ray cluster HOST:PORT; else RAY_ADDRESS; else a local Ray
+    # -- proof of serving: the sampler must serve the adapter the learner trained
+    mismatch_threshold: float = 1e-3
+    on_mismatch: str = "stop"  # stop | warn
+    probe_every_swap: bool = True
+    # -- checkpoints and metrics
+    save_every: int = 1
+    keep_checkpoints: int = 3
+    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_project: str = "ttt"
+    progress: bool = True
+
+    def check(self) -> None:
+        """Every problem that would stop the run later, as one line, before anything starts."""
+        for name in ("steps", "groups", "group_size", "max_tokens", "lora_rank", "save_every", "max_model_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        choices = {"mode": MODES, "advantage": ADVANTAGES, "loss_fn": LOSSES, "backend": ("local", "tinker"),
+                   "sampler": ("vllm", "server", "hf"), "verifier_backend": ("ray", "local"),
+                   "on_mismatch": ("stop", "warn"), "state_sampler": ("puct", "puct_backprop", "greedy", "fixed"),
+                   "wandb_mode": ("offline", "online", "disabled")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if not isinstance(self.env, dict) or "_target_" not in self.env:
+            raise ValueError("env must be an env config with _target_: pick one with env=NAME (see configs/env/)")
+        if self.adaptive_batch and not 1 <= self.min_groups <= self.max_groups:
+            raise ValueError(f"adaptive_batch needs 1 <= min_groups <= max_groups, got {self.min_groups}, "
+                             f"{self.max_groups}")
+        if any(not isinstance(c, dict) for c in self.curriculum):
+            raise ValueError("curriculum must be a list of env overrides, e.g. [{n: 10}, {n: 26}]")
+        if self.thinking_budget and self.thinking_budget + self.final_budget > self.max_model_len:
+            raise ValueError(f"thinking_budget + final_budget ({self.thinking_budget + self.final_budget}) exceed "
+                             f"max_model_len {self.max_model_len}")
+        if self.backend == "local" and self.mode != "best_of_n":
+            from inference.models import resolve_model
+
+            resolve_model(self.base_model)  # ModelNotFound (a ValueError) names the fix
+
+    @property
+    def trains(self) -> bool:
+        return self.mode in ("train", "expert_iteration")
+
+    def ray_address(self) -> str | None:
+        return self.verifier_address or os.environ.get("RAY_ADDRESS") or None
+
+    def vllm_urls(self) -> list[str]:
+        if self.server_urls:
+            return list(self.server_urls)
+        return [u for u in os.environ.get("TTT_VLLM_URLS", "").split(",") if u]
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("TTT_CONFIG_DIR", CONFIG_DIR))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def _check_groups(overrides: list[str]) -> list[str]:
+    """Group choices the user got wrong are named with the options; model=PATH becomes base_model=PATH."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"overrides are key=value, got {item!r} (e.g. steps=3 or +experiment=demo)")
+        group = key.lstrip("+~")
+        if group in ("env", "backend", "experiment", "model") and value not in group_options(group):
+            if group == "model":  # a hub name or a local path
+                out += ["model=custom", f"base_model={value}"]
+                continue
+            raise ValueError(f"unknown {group} {value!r}; choose one of {', '.join(group_options(group))}")
+        out.append(item)
+    return out
+
+
+def compose(overrides: list[str]) -> TrainConfig:
+    """configs/train.yaml <- groups <- overrides, merged into TrainConfig and checked."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from hydra.core.config_store import ConfigStore
+
+    overrides = _check_groups(list(overrides))
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)  # every key exists and is typed
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            raw = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
+        env_name = raw.hydra.runtime.choices.get("env")
+        OmegaConf.set_struct(raw, False)
+        raw.pop("hydra")
+        if env_name and "env_name=" not in " ".join(overrides):
+            raw.env_name = env_name
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), raw)
+        cfg = OmegaConf.to_object(merged)
+    except (HydraException, OmegaConfBaseException) as e:
+        allowed = ", ".join(f.name for f in fields(TrainConfig))
+        raise ValueError(f"bad train config: {str(e).splitlines()[0]} (keys: {allowed})") from None
+    cfg.check()
+    return cfg
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(cfg)

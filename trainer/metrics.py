@@ -1,0 +1,134 @@
+"""Each step's numbers (valid and format rates, frac_mixed, rewards, best-so-far, buffer, beta, tokens, time
+split, sampler-learner mismatch) and where they go: metrics.jsonl, the console table, wandb (offline unless
+configured), PNG curves, the best construction as JSON and as a picture, progress bars on long phases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from trainer.report import append_jsonl, plot_curves, table_header, table_row  # noqa: F401 (re-exported)
+
+
+def beta_stats(betas: list[float]) -> dict:
+    finite = [b for b in betas if not math.isnan(b)]
+    if not finite:
+        return {"beta_mean": None, "beta_min": None, "beta_max": None}
+    return {"beta_mean": float(np.mean(finite)), "beta_min": float(min(finite)), "beta_max": float(max(finite))}
+
+
+def sampler_learner_deltas(fb, rollouts) -> np.ndarray:
+    """|learner logprob - sampler logprob| over the tokens the sampler chose (mask 1) of every datum."""
+    deltas = []
+    for out, r in zip(fb.loss_fn_outputs, rollouts):
+        learner_T = out["logprobs"].to_numpy()[len(r.prompt_tokens) - 1:]
+        chosen = np.asarray(r.mask, bool)
+        deltas.append(np.abs(learner_T - np.asarray(r.logprobs))[chosen])
+    return np.concatenate(deltas) if deltas else np.zeros(1)
+
+
+def step_record(step, rollouts, rewards_G_K, buffer, best, version, groups, instance, train_stats, times) -> dict:
+    results = [r.result for r in rollouts]
+    statuses = [r.status for r in results]
+    rewards = rewards_G_K.ravel()
+    record = {
+        "step": step, "instance": instance, "groups": groups, "adapter_version": version,
+        "valid_rate": float(np.mean([s == "ok" for s in statuses])),
+        "format_rate": float(np.mean([s != "format_error" for s in statuses])),
+        "frac_mixed": float(np.mean([not np.all(row == row[0]) for row in rewards_G_K])),
+        "reward_mean": float(rewards.mean()), "reward_max": float(rewards.max()),
+        "best_reward": None if best is None else best["reward"],
+        "best_score": None if best is None else best["score"],
+        "buffer_size": len(buffer),
+        "tokens_sampled": int(sum(len(r.tokens) for r in rollouts)),
+        "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
+        **times,
+    }
+    record.update({k: v for k, v in train_stats.items() if not k.startswith("_")})
+    record.setdefault("tokens_trained", 0)
+    return record
+
+
+def append_record(out: Path, record: dict) -> None:
+    append_jsonl(out / "metrics.jsonl", record)
+
+
+@contextlib.contextmanager
+def progress(show: bool, total: int, desc: str):
+    if not show:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def write_best(out: Path, best: dict, env, env_name: str) -> None:
+    """The best state ever seen, as JSON (atomically) and, where the env has a picture, as best.png."""
+    tmp = out / "best.json.tmp"
+    tmp.write_text(json.dumps(best, default=_plain))
+    os.replace(tmp, out / "best.json")
+    if best.get("construction") is None:
+        return
+    from envs.render import draw_construction
+
+    try:
+        draw_construction(env, best["construction"], f"{env_name}: best score {best['score']} (step {best['step']})",
+                          str(out / "best.png"))
+    except Exception:  # noqa: BLE001 - a picture must never stop a run; best.json has the numbers
+        pass
+
+
+def _plain(x):
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"not JSON: {type(x).__name__}")
+
+
+def finish(out: Path, records: list[dict], best: dict | None, env, cfg) -> None:
+    if records:
+        plot_curves(records, out / "learning_curve.png", title=f"{cfg.env_name} on {cfg.base_model} ({cfg.mode})")
+
+
+class WandbRun:
+    """wandb in offline mode unless configured (files under out/wandb); `disabled` skips it entirely."""
+
+    def __init__(self, cfg, out: Path, resume: bool):
+        self.cfg, self.out, self.resume, self.run = cfg, out, resume, None
+
+    def __enter__(self) -> "WandbRun":
+        if self.cfg.wandb_mode == "disabled":
+            return self
+        import wandb
+        from dataclasses import asdict
+
+        id_file = self.out / "wandb_id"
+        run_id = id_file.read_text().strip() if self.resume and id_file.exists() else None
+        if run_id is None:
+            run_id = uuid.uuid4().hex[:8]
+            id_file.write_text(run_id)
+        self.run = wandb.init(project=self.cfg.wandb_project, dir=str(self.out), mode=self.cfg.wandb_mode,
+                              id=run_id, resume="allow", config=asdict(self.cfg), name=self.out.name)
+        return self
+
+    def log(self, record: dict) -> None:
+        if self.run is not None:
+            flat = {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}
+            self.run.log(flat, step=record["step"])
+
+    def __exit__(self, *exc) -> None:
+        if self.run is not None:
+            self.run.finish()

@@ -1,0 +1,76 @@
+"""Sampling rollout groups through a Tinker-shaped SamplingClient (the SDK's or ours), with TTT-Discover's
+two-phase budget: a sequence that hits the thinking budget gets the forced prefill and a final-answer phase.
+The prefill is not the policy's choice: mask 0, logprob 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from tinker import types
+
+
+@dataclass
+class Rollout:
+    group: int
+    index: int  # position in the step's flat batch (group * K + k)
+    parent_id: int  # the buffer node the prompt was built from
+    prompt_tokens: list[int]
+    tokens: list[int]
+    logprobs: list[float]
+    mask: list[int]
+    text: str
+    stop_reason: str
+    result: Any = None  # envs.base.VerifyResult once verified
+    extra: dict = field(default_factory=dict)
+
+
+def render_prompt(tokenizer, text: str, chat_template_kwargs: dict | None = None) -> list[int]:
+    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                              tokenize=True, return_dict=False, **(chat_template_kwargs or {})))
+
+
+def group_seed(seed: int, step: int, group: int) -> int:
+    """Per-group sampling seeds fixed by (run seed, step, group), so a resumed step samples the same."""
+    return (seed * 1_000_003 + step * 1_009 + group) % (2**31 - 1)
+
+
+def sample_groups(client, prompts_G: Sequence[list[int]], group_size: int, params: types.SamplingParams,
+                  seeds_G: Sequence[int], tokenizer, *, thinking_budget: int = 0, final_budget: int = 0,
+                  prefill_tokens: Sequence[int] = (), progress: Any = None) -> list[list[dict]]:
+    """-> per group, K dicts {tokens, logprobs, mask, text, stop_reason}. All groups are in flight at once."""
+    first = params.model_copy(update={"max_tokens": thinking_budget}) if thinking_budget > 0 else params
+    futures = [client.sample(types.ModelInput.from_ints(list(p)), group_size, first.model_copy(update={"seed": s}))
+               for p, s in zip(prompts_G, seeds_G)]
+    groups = []
+    for future in futures:
+        response = future.result()
+        groups.append([{"tokens": list(seq.tokens), "logprobs": [float(x) for x in seq.logprobs],
+                        "mask": [1] * len(seq.tokens), "stop_reason": seq.stop_reason}
+                       for seq in response.sequences])
+        if progress is not None:
+            progress.update(1)
+    if thinking_budget > 0:
+        _final_phase(client, prompts_G, groups, params, seeds_G, final_budget, list(prefill_tokens))
+    for group in groups:
+        for seq in group:
+            seq["text"] = tokenizer.decode(seq["tokens"], skip_special_tokens=True)
+    return groups
+
+
+def _final_phase(client, prompts_G, groups, params, seeds_G, final_budget, prefill) -> None:
+    cut = [(g, k) for g, group in enumerate(groups) for k, seq in enumerate(group) if seq["stop_reason"] == "length"]
+    futures = [client.sample(types.ModelInput.from_ints(list(prompts_G[g]) + groups[g][k]["tokens"] + prefill), 1,
+                             params.model_copy(update={"max_tokens": final_budget,
+                                                       "seed": seeds_G[g] + 7919 * (k + 1)}))
+               for g, k in cut]
+    for (g, k), future in zip(cut, futures):
+        final = future.result().sequences[0]
+        seq = groups[g][k]
+        thinking = len(seq["tokens"])
+        seq["tokens"] = seq["tokens"] + prefill + list(final.tokens)
+        seq["logprobs"] = seq["logprobs"] + [0.0] * len(prefill) + [float(x) for x in final.logprobs]
+        seq["mask"] = [1] * thinking + [0] * len(prefill) + [1] * len(final.tokens)
+        seq["stop_reason"] = final.stop_reason
+        seq["thinking_tokens"] = thinking
