@@ -73,7 +73,10 @@ class HFSampler:
         results = []
         for prompt, seed in zip(prompts_P, seeds_P):
             gen = torch.Generator(device=self.device)
-            gen.manual_seed(seed if seed is not None else torch.seed())
+            if seed is not None:
+                gen.manual_seed(seed)
+            else:
+                gen.seed()  # unseeded request: random, without reseeding torch's global generator
             ids = torch.tensor([list(prompt)] * num_samples, device=self.device)
             out = model(input_ids=ids, use_cache=True)
             past, logits = out.past_key_values, out.logits[:, -1]

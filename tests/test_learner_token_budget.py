@@ -13,12 +13,21 @@ import pytest
 import tinker
 import torch
 
+from trainer import learner_logprobs
 from trainer.learner import LoRALearner, LoraSpec
 from trainer.learner_inputs import plan_micro_batches
-from trainer.learner_logprobs import CHUNK_ROWS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LENGTHS = [700, 300, 1500, 120, 64, 900]  # 3584 tokens; 1500 > the 1024 budget below and > CHUNK_ROWS
+# Small sizes keep the tests fast; the logic does not depend on scale: 400 > BUDGET (a pass of its own) and
+# > CHUNK (several lm_head chunks in one pass), and every pass spans several chunks or ends mid-chunk.
+LENGTHS = [150, 60, 400, 30, 20, 180]
+BUDGET = 256
+CHUNK = 96
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(learner_logprobs, "CHUNK_ROWS", CHUNK)  # read at call time
 
 
 def make_data(lengths, vocab=2048, seed=0):
@@ -61,14 +70,15 @@ def reference(learner, data):
         q = torch.tensor(d.loss_fn_inputs["logprobs"].data)
         adv = torch.tensor(d.loss_fn_inputs["advantages"].data)
         logits = learner.model(input_ids=ids, use_cache=False).logits[0]
-        lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None])[:, 0]
+        lp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        lp = lp.gather(-1, targets[:, None])[:, 0]
         total = total - (torch.exp(lp - q) * adv).sum()
         logprobs.append(lp.detach())
     total.backward()
-    return float(total), logprobs, take_grads(learner)
+    return float(total.detach()), logprobs, take_grads(learner)
 
 
-def assert_close(out, grads, ref, tol=1e-6):
+def assert_close(out, grads, ref, tol):
     ref_loss, ref_lps, ref_grads = ref
     assert out["metrics"]["loss:sum"] == pytest.approx(ref_loss, rel=tol, abs=tol)
     for got, want in zip(out["loss_fn_outputs"], ref_lps):
@@ -101,7 +111,7 @@ def test_plans_respect_the_budget_and_long_datums_run_alone(packed):
 
 @pytest.mark.parametrize("packing", [True, False])
 def test_learner_passes_follow_the_plan_and_never_build_full_logits(tiny_model_path, packing):
-    learner = make_learner(tiny_model_path, micro_batch_tokens=1024, packing=packing)
+    learner = make_learner(tiny_model_path, micro_batch_tokens=BUDGET, packing=packing)
     passes, head_rows = [], []
     h1 = learner.decoder.register_forward_pre_hook(
         lambda m, args, kwargs: passes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
@@ -111,33 +121,44 @@ def test_learner_passes_follow_the_plan_and_never_build_full_logits(tiny_model_p
     finally:
         h1.remove()
         h2.remove()
-    plan = plan_micro_batches(LENGTHS, 1024, packing)
-    assert len(passes) == len(plan) >= 4
-    assert (1, 1500) in passes  # the over-long datum: a pass of its own
-    assert all(b * w <= 1024 for b, w in passes if (b, w) != (1, 1500))
+    plan = plan_micro_batches(LENGTHS, BUDGET, packing)
+    assert len(passes) == len(plan) >= 3
+    assert (1, 400) in passes  # the over-long datum: a pass of its own
+    assert all(b * w <= BUDGET for b, w in passes if (b, w) != (1, 400))
     assert [tuple(lp["logprobs"].shape) for lp in out["loss_fn_outputs"]] == [(n,) for n in LENGTHS]
-    # lm_head never sees more than CHUNK_ROWS rows: (1, 1, H) = the model's own logits_to_keep=1 call, (C, H) =
+    # lm_head never sees more than CHUNK_ROWS rows: (B, 1, H) = the model's own logits_to_keep=1 call, (C, H) =
     # chunks, run once in forward and once more in backward (recomputation), real tokens only (no padding)
-    assert all(s.numel() // s[-1] <= CHUNK_ROWS for s in head_rows)
+    assert all(s.numel() // s[-1] <= CHUNK for s in head_rows)
+    assert max(s[0] for s in head_rows if len(s) == 2) == CHUNK
     chunk_rows = sum(s[0] for s in head_rows if len(s) == 2)
     assert chunk_rows == 2 * sum(LENGTHS)
     assert all(p.grad is not None for p in learner.params)
 
 
 # -- (b) exactness -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("options", [{}, {"packing": False}, {"train_unembed": True},
-                                     {"gradient_checkpointing": True}])
-def test_small_budget_equals_one_pass_and_plain_hf_reference(tiny_model_path, options):
+# float64 makes the comparison sharp: batching changes only the order of float sums, which in float64 moves
+# results by ~1e-15, while any real error (a token dropped or counted twice, a datum attending across the pack,
+# a misaligned target) moves them by >= ~1e-4. float32 (the CPU default) is checked too, at float32 noise.
+TOL = {torch.float64: 1e-6, torch.float32: 2e-5}
+
+
+@pytest.mark.parametrize("dtype, options", [(torch.float64, {}), (torch.float64, {"packing": False}),
+                                            (torch.float64, {"train_unembed": True}),
+                                            (torch.float64, {"gradient_checkpointing": True}), (torch.float32, {})])
+def test_small_budget_equals_one_pass_and_plain_hf_reference(tiny_model_path, options, dtype):
     data = make_data(LENGTHS, seed=1)
-    learner = make_learner(tiny_model_path, micro_batch_tokens=1024, **options)
+    learner = make_learner(tiny_model_path, micro_batch_tokens=BUDGET, dtype=dtype, **options)
     small = learner.forward_backward(data, "importance_sampling")
     small_grads = take_grads(learner)
-    learner.micro_batch_tokens = 10**6  # one pass for everything (packed: one row; padded: 6 x 1500)
+    learner.micro_batch_tokens = 10**6  # one pass for everything (packed: one row; padded: 6 x 400)
     whole = learner.forward_backward(data, "importance_sampling")
     whole_grads = take_grads(learner)
     ref = reference(learner, data)
-    assert_close(small, small_grads, ref)
-    assert_close(whole, whole_grads, ref)
+    assert_close(small, small_grads, ref, TOL[dtype])
+    assert_close(whole, whole_grads, ref, TOL[dtype])
+    if dtype == torch.float64:  # the two learner runs differ only in the order of their sums
+        assert_close(small, small_grads, (whole["metrics"]["loss:sum"], [o["logprobs"] for o in
+                                                                        whole["loss_fn_outputs"]], whole_grads), 1e-12)
     if options.get("train_unembed"):
         assert any("lm_head" in n for n in small_grads)  # the chunked lm_head's LoRA gets its gradient
 
@@ -146,7 +167,7 @@ def test_forward_only_and_accumulation_across_calls(tiny_model_path):
     """forward() gives the same logprobs without gradients; two forward_backward calls on halves add up to one
     call on all (gradients accumulate until optim_step)."""
     data = make_data(LENGTHS, seed=2)
-    learner = make_learner(tiny_model_path, micro_batch_tokens=512)
+    learner = make_learner(tiny_model_path, micro_batch_tokens=BUDGET, dtype=torch.float64)
     fwd = learner.forward(data, "importance_sampling")
     assert all(p.grad is None for p in learner.params)
     first = learner.forward_backward(data[:3], "importance_sampling")
@@ -155,7 +176,7 @@ def test_forward_only_and_accumulation_across_calls(tiny_model_path):
     ref_loss, ref_lps, ref_grads = reference(learner, data)
     halves = {"metrics": {"loss:sum": first["metrics"]["loss:sum"] + second["metrics"]["loss:sum"]},
               "loss_fn_outputs": first["loss_fn_outputs"] + second["loss_fn_outputs"]}
-    assert_close(halves, grads, (ref_loss, ref_lps, ref_grads))
+    assert_close(halves, grads, (ref_loss, ref_lps, ref_grads), 1e-6)
     assert fwd["metrics"]["loss:sum"] == pytest.approx(ref_loss, rel=1e-6)
     for got, want in zip(fwd["loss_fn_outputs"], ref_lps):
         assert float((got["logprobs"] - want).abs().max()) <= 1e-6 * float(want.abs().max())
@@ -169,34 +190,40 @@ PEAK_SCRIPT = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from test_learner_token_budget import make_data, make_learner
-    learner = make_learner({path!r}, micro_batch_tokens=4096)
-    data = make_data([4096] * int(sys.argv[1]))
-    learner.forward_backward(make_data([64]), "importance_sampling")  # warm-up: lazy init, grad buffers
-    learner.optimizer.zero_grad(set_to_none=True)
-    with open("/proc/self/statm") as f:
-        before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    learner.forward_backward(data, "importance_sampling")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print("PEAK_DELTA", peak - before)
+    learner = make_learner({path!r}, micro_batch_tokens={seq_len})
+    learner.forward_backward(make_data([64]), "importance_sampling")  # warm-up: lazy init, gradient buffers
+    for n in map(int, sys.argv[1:]):
+        pid = os.fork()
+        if pid == 0:  # a forked child starts its own ru_maxrss at its RSS at fork
+            data = make_data([{seq_len}] * n, seed=n)
+            with open("/proc/self/statm") as f:
+                before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            learner.forward_backward(data, "importance_sampling")
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            print("PEAK_DELTA", n, peak - before, flush=True)
+            os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
 """)
 
 
-def peak_delta_bytes(tiny_model_path, n_datums: int) -> int:
-    """Highest RSS of a fresh process during forward_backward minus its RSS just before (activations and
-    temporaries). glibc's mmap threshold is pinned at 1 MiB so that large freed buffers go back to the OS and RSS
-    follows live memory instead of the allocator's high-water mark."""
+def peak_deltas(tiny_model_path, counts: list[int], seq_len: int) -> dict[int, int]:
+    """{n: highest RSS during forward_backward on n datums of seq_len tokens minus the RSS just before}, budget =
+    seq_len (one datum per pass). One process loads the model and warms up, then forks a child per measurement:
+    each child's ru_maxrss is its own, the kernel's exact high-water mark (no sampling that could miss a spike).
+    glibc's mmap threshold is pinned at 1 MiB so that freed tensors go back to the OS and RSS follows live
+    memory, not the allocator's high-water mark."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2**20), OMP_NUM_THREADS="1")
-    script = PEAK_SCRIPT.format(root=ROOT, path=tiny_model_path)
-    proc = subprocess.run([sys.executable, "-c", script, str(n_datums)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    script = PEAK_SCRIPT.format(root=ROOT, path=tiny_model_path, seq_len=seq_len)
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, counts)], capture_output=True, text=True,
+                          env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return int(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("PEAK_DELTA")))
+    return {int(n): int(d) for _, n, d in (line.split() for line in proc.stdout.splitlines()
+                                           if line.startswith("PEAK_DELTA"))}
 
 
 def test_peak_memory_does_not_grow_with_the_number_of_datums(tiny_model_path):
-    four = peak_delta_bytes(tiny_model_path, 4)
-    sixteen = peak_delta_bytes(tiny_model_path, 16)
-    # One 4096-token pass of the tiny model needs ~100+ MiB of activations; keeping every pass's graph (or one
-    # pass for the whole batch) would make the 16-datum peak several times the 4-datum one.
-    assert four > 50 * 2**20, four
-    assert sixteen <= 1.3 * four, (four / 2**20, sixteen / 2**20)
+    peaks = peak_deltas(tiny_model_path, [4, 16], seq_len=2048)
+    # One 2048-token pass of the tiny model holds ~60 MiB of activations and temporaries; keeping every pass's
+    # graph (or running the batch as one pass) would make the 16-datum peak several times the 4-datum one.
+    assert peaks[4] > 30 * 2**20, peaks
+    assert peaks[16] <= 1.3 * peaks[4], {n: round(d / 2**20, 1) for n, d in peaks.items()}

@@ -190,6 +190,31 @@ def main(argv: list[str] | None = None) -> int:
         module, func, _ = DELEGATED[argv[0]]
         return getattr(importlib.import_module(module), func)(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "demo", "eval"):
+        _exit_without_finalizers(_dispatch(args))
+    return _dispatch(args)
+
+
+def _exit_without_finalizers(code: int) -> None:
+    """Everything the run owns is closed by now. Interpreter finalization after the learner ran in a worker
+    thread intermittently aborts in C++ static destructors ('terminate called without an active exception',
+    SIGABRT), which would turn a finished run into exit 134; so flush, stop Ray, and leave directly."""
+    import logging
+
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # noqa: BLE001 - exiting anyway
+        pass
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _dispatch(args) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:

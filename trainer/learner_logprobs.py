@@ -71,7 +71,9 @@ def chunked_target_logprobs(lm_head: torch.nn.Module, hidden_T_H: torch.Tensor, 
     log_softmax + gather on the whole batch.
     """
     def chunk_logprobs(h_C_H: torch.Tensor, t_C_K: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(lm_head(h_C_H).float(), dim=-1).gather(-1, t_C_K)
+        logits_C_V = lm_head(h_C_H)  # bf16 / fp16 -> fp32 like TargetLogprobs; a float64 model stays float64
+        return torch.log_softmax(logits_C_V.to(torch.promote_types(logits_C_V.dtype, torch.float32)), dim=-1
+                                 ).gather(-1, t_C_K)
 
     if not torch.is_grad_enabled():
         return torch.cat([chunk_logprobs(h, t) for h, t in zip(hidden_T_H.split(CHUNK_ROWS),
@@ -84,7 +86,8 @@ def chunked_target_logprobs(lm_head: torch.nn.Module, hidden_T_H: torch.Tensor, 
 
 def batch_logprobs(call_model: Callable[..., torch.Tensor], batch: list[PreparedDatum], packed: bool, device: str,
                    lm_head: torch.nn.Module | None = None) -> list[torch.Tensor]:
-    """One forward pass over `batch`; returns each datum's target logprobs (float32, on `device`).
+    """One forward pass over `batch`; returns each datum's target logprobs (float32, on `device`; float64 for a
+    float64 model on the chunked path).
 
     `call_model(**inputs)` returns the (B, W, V) logits, or with `lm_head` (models whose logits are exactly
     lm_head(last hidden state), LM_HEAD_MODEL_TYPES) the (B, W, H) last hidden states that lm_head reads; then
@@ -108,27 +111,25 @@ def batch_logprobs(call_model: Callable[..., torch.Tensor], batch: list[Prepared
         inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     if lm_head is not None:
         hidden = call_model(**inputs)
-        rows_T_H = hidden.reshape(-1, hidden.shape[-1])
+        rows = hidden.reshape(-1, hidden.shape[-1])  # (T, H)
         if not packed:  # drop padding rows: lm_head and log-softmax run on real tokens only
-            rows_T_H = rows_T_H[torch.cat([torch.arange(n) + b * width for b, n in enumerate(lengths)]).to(device)]
+            rows = rows[torch.cat([torch.arange(n) + b * width for b, n in enumerate(lengths)]).to(device)]
         starts = torch.tensor([0] + lengths[:-1]).cumsum(0).tolist()
     else:
         logits = call_model(**inputs)
-        rows_T_H = logits.reshape(-1, logits.shape[-1])  # a view: no full-size zero gradient for [0]
+        rows = logits.reshape(-1, logits.shape[-1])  # (T, V), a view: no full-size zero gradient for [0]
         # packed: datums follow each other; padded: padding rows are scored too, then dropped
-        starts = torch.tensor([0] + lengths[:-1]).cumsum(0).tolist() if packed else [b * width for b in
-                                                                                     range(len(batch))]
+        starts = (torch.tensor([0] + lengths[:-1]).cumsum(0).tolist() if packed
+                  else [b * width for b in range(len(batch))])
     # One op over all rows: per-datum ops on slices would each make autograd add a full-size zero gradient.
     k = max(d.inputs["target_tokens"].shape[1] if d.inputs["target_tokens"].dim() == 2 else 1 for d in batch)
-    targets_T_K = torch.zeros(rows_T_H.shape[0], k, dtype=torch.long)
+    targets_T_K = torch.zeros(rows.shape[0], k, dtype=torch.long)
     for d, start, n in zip(batch, starts, lengths):
         t = d.inputs["target_tokens"]
         targets_T_K[start: start + n, : (t.shape[1] if t.dim() == 2 else 1)] = t if t.dim() == 2 else t[:, None]
     targets_T_K = targets_T_K.to(device)
-    if lm_head is not None:
-        lp_T_K = chunked_target_logprobs(lm_head, rows_T_H, targets_T_K)
-    else:
-        lp_T_K = target_logprobs(rows_T_H, targets_T_K)
+    lp_T_K = (chunked_target_logprobs(lm_head, rows, targets_T_K) if lm_head is not None
+              else target_logprobs(rows, targets_T_K))
     out = []
     for d, start, n in zip(batch, starts, lengths):
         t = d.inputs["target_tokens"]

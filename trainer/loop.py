@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tinker import types
 
 from envs.base import State, VerifyResult
@@ -75,6 +76,7 @@ def run(cfg: TrainConfig, *, sampler=None, service=None, log=print) -> list[dict
 
 def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, stack, log) -> list[dict]:
     rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)  # anything stochastic on the torch side; saved and restored with the numpy state
     groups = cfg.groups
     best = None  # {"reward", "score", "construction", "text", "state", "step", "instance"}
     version = 0  # optimizer steps taken = the adapter version the sampler serves

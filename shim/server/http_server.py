@@ -56,7 +56,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body)))
-        if len(reply.body) <= _ONE_WRITE_MAX:  # status line + headers + body in one send
+        if self.request_version != "HTTP/0.9" and len(reply.body) <= _ONE_WRITE_MAX:  # all in one send
             self._headers_buffer.extend((b"\r\n", reply.body))
             self.flush_headers()
         else:  # large bodies: no copy; TCP_NODELAY sends both parts at once
