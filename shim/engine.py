@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class Engine:
     def __init__(self, model_path: str, sampler, checkpoint_root: str | Path, *, served_name: str | None = None,
                  max_lora_rank: int | None = None, sampler_serves_unembed: bool = True,
-                 learner_kwargs: dict | None = None):
+                 learner_kwargs: dict | None = None, learner_factory=None):
         """`sampler`: an inference sampler (load_adapter / sample / compute_logprobs). vLLM cannot serve an
         lm_head LoRA, so with sampler_serves_unembed=False a requested train_unembed is dropped."""
         self.model_path, self.served_name = model_path, served_name or model_path
@@ -39,6 +39,7 @@ class Engine:
         self.max_lora_rank, self.sampler_serves_unembed = max_lora_rank, sampler_serves_unembed
         self._warned_unembed = False
         self.learner_kwargs = dict(learner_kwargs or {})
+        self.learner_factory = learner_factory  # None: trainer.learner.LoRALearner
         self.models = ModelRegistry()
         self._sessions: dict[str, dict] = {}
         self._sampling: dict[str, tuple[str, SamplingTarget]] = {}  # id -> (base model name, target)
@@ -99,7 +100,8 @@ class Engine:
     def _new_model(self, model_id: str, session_id: str, base_model: str, spec, user_metadata) -> TrainingModel:
         from trainer.learner import LoRALearner
 
-        learner = LoRALearner(self.model_path, spec, model_id=model_id, **self.learner_kwargs)
+        factory = self.learner_factory or LoRALearner
+        learner = factory(self.model_path, spec, model_id=model_id, **self.learner_kwargs)
         model = TrainingModel(model_id, session_id, base_model, learner, SeqOrderedQueue(model_id),
                               dict(user_metadata or {}))
         self.models.add(model)

@@ -16,7 +16,7 @@ DEFAULT_CLOUD_URL = None  # None lets the SDK use TINKER_BASE_URL or its built-i
 
 def make_engine(model: str = "tiny", *, sampler: Any = None, sampler_kind: str = "vllm",
                 checkpoint_dir: str | None = None, max_lora_rank: int = 8, sampler_kwargs: dict | None = None,
-                learner_kwargs: dict | None = None):
+                learner_kwargs: dict | None = None, learner_factory=None):
     """An Engine for `model` (a name `resolve_model` knows, or a local dir). `sampler`: an existing sampler to
     share (e.g. one vLLM engine for several clients); otherwise one of kind `sampler_kind` is started."""
     from inference.models import resolve_model
@@ -32,7 +32,8 @@ def make_engine(model: str = "tiny", *, sampler: Any = None, sampler_kind: str =
     serves_unembed = type(sampler).__name__ == "HFSampler"  # vLLM cannot serve an lm_head LoRA
     root = checkpoint_dir or tempfile.mkdtemp(prefix="ttt-shim-ckpt-")
     return Engine(model_path, sampler, root, served_name=model, max_lora_rank=max_lora_rank,
-                  sampler_serves_unembed=serves_unembed, learner_kwargs=learner_kwargs)
+                  sampler_serves_unembed=serves_unembed, learner_kwargs=learner_kwargs,
+                  learner_factory=learner_factory)
 
 
 def make_service_client(backend: str = "local", *, base_url: str | None = DEFAULT_CLOUD_URL,

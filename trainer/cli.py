@@ -77,6 +77,11 @@ def cmd_train(args) -> int:
     from trainer.config import compose
 
     cfg = compose(args.overrides)
+    if os.environ.get("RANK", "0") != "0":  # accelerate launch: the other ranks only replay rank 0's learner
+        from trainer.loop import run
+
+        run(cfg)
+        return 0
     print(f"ttt train: {cfg.mode} on {cfg.env_name} with {cfg.base_model} ({cfg.backend} backend, "
           f"{cfg.sampler if cfg.backend == 'local' else cfg.base_url or 'Tinker cloud'}), {cfg.steps} steps of "
           f"{cfg.groups} x {cfg.group_size} -> {cfg.out}", flush=True)

@@ -25,6 +25,7 @@ from tinker import types
 
 from envs.base import State, VerifyResult
 from envs.pool import VerifierPool
+from trainer import distributed, rank_sync
 from trainer import metrics as M
 from trainer.advantages import compute_advantages
 from trainer.checkpoint import Checkpoints, RolloutLog, restore_rng, rng_states, truncate_metrics
@@ -58,6 +59,11 @@ def run(cfg: TrainConfig, *, sampler=None, service=None, log=print) -> list[dict
     """Run cfg.steps steps (continuing the latest checkpoint when cfg.resume). `sampler`: an inference sampler
     for the local backend to share (tests, benches); `service`: a ready Tinker-shaped ServiceClient."""
     cfg.check()
+    if rank_sync.launched():  # `accelerate launch`: rank 0 runs the loop, the other ranks replay its learner
+        rank_sync.init()
+        if distributed.rank() != 0:
+            rank_sync.follow()
+            return []
     out = Path(cfg.out)
     checkpoints = Checkpoints(out, keep=cfg.keep_checkpoints)
     saved = checkpoints.latest() if cfg.resume else None
@@ -238,12 +244,24 @@ def _service(cfg: TrainConfig, sampler, out: Path, stack: ExitStack):
         engine_kwargs.update(server_urls=cfg.vllm_urls(), num_servers=cfg.num_servers, log_dir=str(out))
     engine = make_engine(cfg.base_model, sampler=sampler, sampler_kind=cfg.sampler,
                          checkpoint_dir=str(out / "tinker"), max_lora_rank=cfg.lora_rank,
-                         sampler_kwargs=engine_kwargs, learner_kwargs=cfg.learner_args)
+                         sampler_kwargs=engine_kwargs, learner_kwargs=cfg.learner_args,
+                         learner_factory=rank_sync.BroadcastLearner if rank_sync.launched() else None)
     if sampler is None:  # we started it, we stop it
         stack.callback(engine.pool.sampler.close)
     service = make_service_client("local", engine=engine)
     stack.callback(service.close)
+    if rank_sync.launched():  # registered last, so it runs first: before the session drops its learners
+        stack.callback(_stop_followers, engine, out)
     return service
+
+
+def _stop_followers(engine, out: Path) -> None:
+    """End the other ranks and record that every rank holds the same weights (ranks.json)."""
+    hashes = rank_sync.stop([model.learner for model in engine.models.all()])
+    (out / "ranks.json").write_text(json.dumps({"world_size": len(hashes), "weights_hash": hashes,
+                                                "agree": all(h == hashes[0] for h in hashes)}, indent=2))
+    if any(h != hashes[0] for h in hashes):
+        raise RuntimeError(f"ranks disagree on the trained weights: {hashes}")
 
 
 def _preemption_flag(stack: ExitStack) -> dict:
