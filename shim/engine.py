@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class Engine:
     def __init__(self, model_path: str, sampler, checkpoint_root: str | Path, *, served_name: str | None = None,
                  max_lora_rank: int | None = None, sampler_serves_unembed: bool = True,
-                 learner_kwargs: dict | None = None, learner_factory=None):
+                 learner_kwargs: dict | None = None, learner_factory=None, keep_snapshots: int = 4):
         """`sampler`: an inference sampler (load_adapter / sample / compute_logprobs). vLLM cannot serve an
         lm_head LoRA, so with sampler_serves_unembed=False a requested train_unembed is dropped."""
         self.model_path, self.served_name = model_path, served_name or model_path
@@ -40,9 +40,12 @@ class Engine:
         self._warned_unembed = False
         self.learner_kwargs = dict(learner_kwargs or {})
         self.learner_factory = learner_factory  # None: trainer.learner.LoRALearner
+        # A loop saves sampler weights every step; older snapshots of a model are deleted beyond this many.
+        self.keep_snapshots = max(1, keep_snapshots)
         self.models = ModelRegistry()
         self._sessions: dict[str, dict] = {}
         self._sampling: dict[str, tuple[str, SamplingTarget]] = {}  # id -> (base model name, target)
+        self._retired: set[str] = set()
         self._lock = threading.Lock()
         self._stamps = itertools.count(1)
 
@@ -185,6 +188,8 @@ class Engine:
             model.learner.save_weights_for_sampler(target.adapter_dir)
             target.stamp = next(self._stamps)
         self._add_sampling(sampling_id, model.base_model, target)
+        if kind == "snapshot":
+            self._retire_old_snapshots(model, sampling_id, target)
         return sampling_id
 
     def op_load_weights(self, model: TrainingModel, path: str, optimizer: bool) -> str:
@@ -208,6 +213,15 @@ class Engine:
             raise ValueError(f"sampling_session_seq_id must be a non-negative integer, got {seq!r}")
         return f"{session_id}:sample:{seq}"
 
+    def _retire_old_snapshots(self, model: TrainingModel, sampling_id: str, target: SamplingTarget) -> None:
+        model.snapshots.append((sampling_id, target.adapter_dir))
+        while len(model.snapshots) > self.keep_snapshots:
+            old_id, old_dir = model.snapshots.pop(0)
+            with self._lock:
+                self._sampling.pop(old_id, None)
+                self._retired.add(old_id)
+            shutil.rmtree(old_dir, ignore_errors=True)
+
     def _add_sampling(self, sampling_id: str, base_model: str, target: SamplingTarget) -> None:
         with self._lock:
             self._sampling[sampling_id] = (base_model, target)
@@ -228,6 +242,9 @@ class Engine:
     def sampling_session(self, sampling_id: str) -> tuple[str, SamplingTarget]:
         with self._lock:
             found = self._sampling.get(sampling_id)
+        if found is None and sampling_id in self._retired:
+            raise ValueError(f"sampling client {sampling_id} was retired: only the newest {self.keep_snapshots} "
+                             "sampler snapshots of a model are kept; use a newer sampling client")
         if found is None:
             raise KeyError(f"unknown sampling_session_id {sampling_id!r}")
         return found

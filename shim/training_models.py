@@ -32,6 +32,7 @@ class TrainingModel:
     queue: SeqOrderedQueue
     user_metadata: dict = field(default_factory=dict)
     inflight: SamplingTarget | None = None  # the mutable sampler target of kind="inflight" saves
+    snapshots: list = field(default_factory=list)  # (sampling id, dir) of its snapshot saves, oldest first
 
 
 class ModelRegistry:

@@ -163,3 +163,20 @@ def test_kl_penalty_uses_base_model_logprobs(vllm_sampler, tmp_path):
                   **QUIET)
     assert records[0]["kl_sampler_base"] == pytest.approx(0.0, abs=1e-4)  # v0 has B = 0: it is the base model
     assert abs(records[1]["kl_sampler_base"]) > 1e-4  # after one step the policy has moved
+
+
+def test_two_phase_budget_over_the_client_api(tmp_path):
+    """Sequences that hit the thinking budget get the forced prefill and a final phase; the prefill is not
+    trained (mask 0), so the sampler-learner check still holds on the chosen tokens."""
+    records = run(tiny(tmp_path, "steps=2", "groups=2", "group_size=4", "sampler=hf", "verifier_backend=local",
+                       "thinking_budget=6", "final_budget=5", "prefill_text=' ... final answer:'"), **QUIET)
+    from transformers import AutoTokenizer
+
+    from inference.models import resolve_model
+
+    prefill = len(AutoTokenizer.from_pretrained(resolve_model("tiny")).encode(" ... final answer:",
+                                                                             add_special_tokens=False))
+    for r in records:
+        assert r["mismatch_max"] < 1e-4
+        # every sequence ran out of its 6 thinking tokens (the tiny model rarely stops) and got prefill + final
+        assert 8 * 6 < r["tokens_sampled"] <= 8 * (6 + prefill + 5)

@@ -130,6 +130,12 @@ def cmd_serve_vllm(args) -> int:
     server = VLLMServer(resolve_model(args.model), host=args.host, port=args.port, log_path=args.log,
                         max_lora_rank=args.max_lora_rank, dtype=args.dtype, max_model_len=args.max_model_len,
                         gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed, extra_args=extra)
+    import signal
+
+    def _terminate(signum, _frame):  # Slurm and systemd stop with SIGTERM: stop the server we started too
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
     print(f"ttt serve-vllm: starting {' '.join(server.command())}", flush=True)
     server.start()
     print(f"ttt serve-vllm: ready at {server.url} (log {server.log_path}); Ctrl-C stops it", flush=True)

@@ -75,7 +75,8 @@ class LoRALearner:
         lengths; padded: rows x the longest). Datums are grouped under it, a datum longer than it gets a pass
         of its own, and gradients of all passes add up (sum reduction), so any budget gives the result of one
         big batch; activation memory is bounded by the budget, not by the number of datums. The (T, V) logits
-        are never built for a whole pass on LM_HEAD_MODEL_TYPES (lm_head + log-softmax run in row chunks)."""
+        of a pass are never built on LM_HEAD_MODEL_TYPES (lm_head + log-softmax run in row chunks; not under
+        ZeRO-3)."""
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
 
@@ -98,10 +99,6 @@ class LoRALearner:
         self.model_config = base_model.config
         self.vocab_size = base_model.config.vocab_size
         self.packing = packing and base_model.config.model_type in PACKABLE_MODEL_TYPES
-        # chunked lm_head (learner_logprobs.chunked_target_logprobs): the decoder's output, never full logits
-        chunked = base_model.config.model_type in LM_HEAD_MODEL_TYPES
-        self.lm_head = self.model.get_output_embeddings() if chunked else None
-        self.decoder = self.model.get_base_model().get_decoder() if chunked else None
         self.named_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named_params]
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
@@ -109,6 +106,12 @@ class LoRALearner:
         if distributed.launched_with_deepspeed() if use_deepspeed is None else use_deepspeed:
             self.engine, self.optimizer = distributed.wrap_with_deepspeed(self.model, self.optimizer)
             self.device = str(self.engine.device)  # where DeepSpeed placed this rank's model
+        # Chunked lm_head (learner_logprobs.chunked_target_logprobs): the model returns the decoder's output and
+        # no pass builds its (T, V) logits. Not under ZeRO-3: it partitions lm_head's weight and does not gather
+        # it again when checkpointing recomputes a chunk in backward, so there each pass builds its full logits.
+        chunked = base_model.config.model_type in LM_HEAD_MODEL_TYPES and distributed.zero_stage(self.engine) < 3
+        self.lm_head = self.model.get_output_embeddings() if chunked else None
+        self.decoder = self.model.get_base_model().get_decoder() if chunked else None
         self.steps = 0
 
     # -- compute --------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def chunked_target_logprobs(lm_head: torch.nn.Module, hidden_T_H: torch.Tensor, 
                                                                targets_T_K.split(CHUNK_ROWS))])
     from torch.utils.checkpoint import checkpoint
 
-    return torch.cat([checkpoint(chunk_logprobs, h, t, use_reentrant=False)
+    return torch.cat([checkpoint(chunk_logprobs, h, t, use_reentrant=False, preserve_rng_state=False)
                       for h, t in zip(hidden_T_H.split(CHUNK_ROWS), targets_T_K.split(CHUNK_ROWS))])
 
 

@@ -73,4 +73,4 @@ def _final_phase(client, prompts_G, groups, params, seeds_G, final_budget, prefi
         seq["logprobs"] = seq["logprobs"] + [0.0] * len(prefill) + [float(x) for x in final.logprobs]
         seq["mask"] = [1] * thinking + [0] * len(prefill) + [1] * len(final.tokens)
         seq["stop_reason"] = final.stop_reason
-        seq["thinking_tokens"] = thinking
+        seq["extra"] = {"phases": 2, "thinking_tokens": thinking}
