@@ -21,7 +21,7 @@ from trainer.report import read_jsonl
 
 TTT = str(Path(sys.executable).with_name("ttt"))
 ARGS = ["+experiment=demo", "steps=4", "groups=2", "group_size=4", "max_tokens=8", "seed=3", "sampler=hf",
-        "verifier_backend=local", "wandb_mode=disabled", "+env.verify_delay_s=0.25", "progress=false"]
+        "verifier_backend=local", "wandb_mode=disabled", "env.verify_delay_s=0.25", "progress=false"]
 
 
 def _train(out: Path, *extra: str) -> subprocess.Popen:

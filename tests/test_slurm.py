@@ -135,22 +135,21 @@ def test_headers_signal_requeue_before_first_command():
 
 def test_one_gpu_dry_run(tmp_path):
     out = tmp_path / "run"
-    cmds, _ = dry_run("one_gpu", tmp_path, TTT_EXPERIMENT="cp26", TTT_MODEL="Qwen/Qwen3-4B",
+    cmds, _ = dry_run("one_gpu", tmp_path, TTT_EXPERIMENT="seeds_cp26", TTT_MODEL="Qwen/Qwen3-4B",
                       TTT_OVERRIDES="steps=5 seed=3", TTT_DRY_HOSTS="gpu17", TTT_OUT=out)
     check_logs(cmds, out)
     (train,) = train_cmds(cmds)
     assert len(cmds) == 2
     assert train.prog[:2] == ["ttt", "train"] and not train.srun and not train.env
-    assert train.prog[2:] == ["+experiment=cp26", f"out={out}", "resume=true", "model=Qwen/Qwen3-4B", "sampler=vllm",
-                              "sampler_args.gpu_memory_utilization=0.35", "sampler_args.enable_sleep_mode=true",
-                              "steps=5", "seed=3"]
+    assert train.prog[2:] == ["+experiment=seeds_cp26", f"out={out}", "resume=true", "model=Qwen/Qwen3-4B", "sampler=vllm",
+                              "sampler_args.gpu_memory_utilization=0.35", "steps=5", "seed=3"]
     assert train.log == str(out / "logs" / "learner-gpu17.log")
 
 
 def test_one_gpu_dry_run_with_verifier_file(tmp_path):
     (tmp_path / "addr").write_text("vc3:6390\n")
     cmds, _ = dry_run("one_gpu", tmp_path, TTT_VERIFIER_ADDRESS_FILE=tmp_path / "addr", TTT_DRY_HOSTS="g1",
-                      VLLM_GPU_MEMORY_UTILIZATION=0.5, TTT_OVERRIDES="sampler_args.enable_sleep_mode=false")
+                      VLLM_GPU_MEMORY_UTILIZATION=0.5, TTT_OVERRIDES="sampler_args.swap_space=8")
     check_logs(cmds, tmp_path / "run")
     health = [c for c in cmds if "health-check" in c.prog]
     joins = [c for c in cmds if c.prog[:2] == ["ray", "start"]]
@@ -159,7 +158,7 @@ def test_one_gpu_dry_run_with_verifier_file(tmp_path):
     assert joins[0].opt("--num-cpus") == "0" and "--block" in joins[0].prog
     ov = train.overrides()
     assert ov["verifier_address"] == "vc3:6390" and ov["sampler_args.gpu_memory_utilization"] == "0.5"
-    assert train.prog[-1] == "sampler_args.enable_sleep_mode=false"  # the user's overrides come last
+    assert train.prog[-1] == "sampler_args.swap_space=8"  # the user's overrides come last
     assert cmds.index(health[0]) < cmds.index(joins[0]) < cmds.index(train)
 
 
@@ -270,11 +269,11 @@ def check_multi(cmds: list[Cmd], vllm_hosts, learner_hosts, ray_hosts, gpus, tp,
 def test_multi_node_dry_run_node_list_split(tmp_path):
     cmds, _ = dry_run("multi_node", tmp_path, TTT_MODEL="tiny", TTT_DRY_HOSTS="v1 v2 l1 l2 l3 r1 r2",
                       NUM_VLLM_NODES=2, NUM_LEARNER_NODES=3, GPUS_PER_NODE=4, VLLM_TP=2, RAY_CPUS_PER_NODE=48,
-                      SLURM_JOB_CPUS_PER_NODE="96(x7)", TTT_EXPERIMENT="cp26")
+                      SLURM_JOB_CPUS_PER_NODE="96(x7)", TTT_EXPERIMENT="seeds_cp26")
     check_logs(cmds, tmp_path / "run")
     check_multi(cmds, ["v1", "v2"], ["l1", "l2", "l3"], ["r1", "r2"], 4, 2, 48, head="r1")
     assert all(c.srun["--cpus-per-task"] == "96" for c in servers(cmds) + train_cmds(cmds))
-    assert train_cmds(cmds)[0].prog[train_cmds(cmds)[0].prog.index("train") + 1] == "+experiment=cp26"
+    assert train_cmds(cmds)[0].prog[train_cmds(cmds)[0].prog.index("train") + 1] == "+experiment=seeds_cp26"
 
 
 def test_multi_node_dry_run_head_on_learner_without_ray_nodes(tmp_path):
@@ -501,3 +500,21 @@ def test_verifier_cluster_publishes_address_until_stopped(tmp_path, fakes):
     recs = job.records()
     assert len([r for r in recs if r[:2] == ["TERM", "ray"]]) == 2
     assert [r[3:] for r in recs if r[:2] == ["start", "scontrol"]][-1] == ["requeue", "4242"]
+
+
+@pytest.mark.parametrize("script, env", [
+    ("one_gpu", {"TTT_DRY_HOSTS": "g1"}),
+    ("one_node", {"TTT_DRY_HOSTS": "g1", "SLURM_GPUS_ON_NODE": "4", "NUM_VLLM_GPUS": "2"}),
+    ("multi_node", {"TTT_DRY_HOSTS": "v1 l1 l2 r1", "NUM_VLLM_NODES": "1", "NUM_LEARNER_NODES": "2"}),
+])
+def test_every_train_command_is_a_valid_ttt_train_config(script, env, tmp_path):
+    """The loop's own config parser accepts exactly what the scripts run (no key the loop does not know)."""
+    from trainer.config import compose
+
+    cmds, _ = dry_run(script, tmp_path, TTT_EXPERIMENT="seeds_cp26", TTT_MODEL="tiny", **env)
+    for c in train_cmds(cmds):
+        overrides = c.prog[c.prog.index("train") + 1:]
+        cfg = compose(overrides)
+        assert cfg.resume and cfg.out == str(tmp_path / "run") and cfg.env_name == "cp26"
+        if script != "one_gpu":
+            assert cfg.sampler == "server" and cfg.server_urls

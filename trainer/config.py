@@ -4,7 +4,8 @@ experiment groups) plus command-line overrides, and checked before anything star
     ttt train +experiment=seeds_cp26 steps=3 out=runs/cp26
 
 `model=NAME` picks configs/model/NAME.yaml; any other value (a hub name or a local path) becomes
-base_model=VALUE on top of configs/model/custom.yaml.
+base_model=VALUE on top of configs/model/custom.yaml. Entries of the free-form dicts (env.*, sampler_args.*,
+learner_args.*, chat_template_kwargs.*, loss_fn_config.*) are set without Hydra's `+`.
 """
 
 from __future__ import annotations
@@ -165,8 +166,13 @@ def _check_groups(overrides: list[str]) -> list[str]:
                 out += ["model=custom", f"base_model={value}"]
                 continue
             raise ValueError(f"unknown {group} {value!r}; choose one of {', '.join(group_options(group))}")
+        if not key.startswith(("+", "~")) and key.split(".", 1)[0] in OPEN_DICTS and "." in key:
+            item = "++" + item  # a free-form dict (env args, vLLM / learner kwargs): add or override the entry
         out.append(item)
     return out
+
+
+OPEN_DICTS = ("env", "sampler_args", "learner_args", "chat_template_kwargs", "loss_fn_config")
 
 
 def compose(overrides: list[str]) -> TrainConfig:
