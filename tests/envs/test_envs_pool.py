@@ -116,3 +116,16 @@ def test_pool_rejects_bad_arguments():
         VerifierPool(env, backend="threads")
     with pytest.raises(ValueError, match="2 completions but 1 states"):
         VerifierPool(env, backend="local").evaluate(["a", "b"], [State()])
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_on_result_reports_each_evaluation_once_as_it_finishes(backend, local_ray):
+    from envs.toy_digits import ToyDigitsEnv
+
+    env = ToyDigitsEnv(length=4, verify_delay_s=0.05)
+    completions = ["1234", "x", "5555", "0000", "9"]
+    seen = []
+    results = VerifierPool(env, backend=backend, num_cpus=2).evaluate(
+        completions, [State()] * len(completions), on_result=lambda i, r: seen.append((i, r.status)))
+    assert sorted(seen) == sorted(enumerate(r.status for r in results))  # every job once, with its own result
+    assert [r.status for r in results] == ["ok", "format_error", "ok", "invalid", "invalid"]
