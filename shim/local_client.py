@@ -35,7 +35,8 @@ class LocalServiceClient:
         self._model_seq = itertools.count(0)
         self._sampling_seq = itertools.count(0)
         self._lock = threading.Lock()
-        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="shim-local-sample")
+        # enough threads that a loop's G concurrent sample requests reach the pool together (and coalesce)
+        self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="shim-local-sample")
 
     def _next(self, counter) -> int:
         with self._lock:

@@ -1,12 +1,16 @@
 """One inference engine shared by every sampling session: it serves one adapter at a time, so each request
 first makes its session's weights the loaded adapter (a fresh version number per load, because the samplers
 retire older versions and vLLM caches adapters by id). Requests are serialised by one lock.
+
+Concurrent sample requests for the same target with the same parameters (seeds aside) are coalesced into one
+engine call, as a client that sends G groups at once (the TTT loop, tinker-cookbook) would want: vLLM then
+batches all G x K sequences instead of running G calls one after another. Each request keeps its own seed.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from inference.types import SampledSequence, SamplingParams
@@ -26,11 +30,29 @@ class SamplingTarget:
         return self.adapter_dir, self.stamp
 
 
+@dataclass
+class _Request:
+    target: SamplingTarget
+    prompt: list[int]
+    num_samples: int
+    params: SamplingParams
+    done: threading.Event = field(default_factory=threading.Event)
+    result: list[SampledSequence] | None = None
+    error: BaseException | None = None
+
+    def joins(self, other: "_Request") -> bool:
+        return (self.target is other.target and self.num_samples == other.num_samples
+                and replace(self.params, seed=None) == replace(other.params, seed=None))
+
+
 class SamplingPool:
     def __init__(self, sampler):
         self.sampler = sampler
         self.max_model_len = getattr(sampler, "max_model_len", None)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the engine
+        self._queued: list[_Request] = []
+        self._queue_lock = threading.Lock()
+        self.engine_calls = 0  # sampler.sample calls made (coalescing shows as fewer calls than requests)
         self._loaded_key: tuple[str | None, int] | None = None
         self._version = 0
 
@@ -58,11 +80,43 @@ class SamplingPool:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if not prompt:
             raise ValueError("prompt is empty")
+        if prompt_logprobs:
+            with self._lock:
+                version = self._activate(target)
+                self.engine_calls += 1
+                seqs = self.sampler.sample([list(prompt)], num_samples, params, [params.seed], version=version)[0]
+                return seqs, self.sampler.compute_logprobs(list(prompt), version=version)
+        request = _Request(target, list(prompt), num_samples, params)
+        with self._queue_lock:
+            self._queued.append(request)
         with self._lock:
-            version = self._activate(target)
-            seqs = self.sampler.sample([list(prompt)], num_samples, params, [params.seed], version=version)[0]
-            lps = self.sampler.compute_logprobs(list(prompt), version=version) if prompt_logprobs else None
-        return seqs, lps
+            if not request.done.is_set():  # nobody took it into their batch: lead one
+                self._run(self._take_batch(request))
+        if request.error is not None:
+            raise request.error
+        return request.result, None
+
+    def _take_batch(self, leader: _Request) -> list[_Request]:
+        with self._queue_lock:
+            batch = [r for r in self._queued if r is leader or r.joins(leader)]
+            self._queued = [r for r in self._queued if r not in batch]
+        return batch
+
+    def _run(self, batch: list[_Request]) -> None:
+        leader = batch[0]
+        try:
+            version = self._activate(leader.target)
+            self.engine_calls += 1
+            groups = self.sampler.sample([r.prompt for r in batch], leader.num_samples, leader.params,
+                                         [r.params.seed for r in batch], version=version)
+            for r, seqs in zip(batch, groups):
+                r.result = seqs
+        except BaseException as e:  # every request of the batch gets the engine's error
+            for r in batch:
+                r.error = e
+        finally:
+            for r in batch:
+                r.done.set()
 
     def compute_logprobs(self, target: SamplingTarget, tokens: Sequence[int]) -> list[float | None]:
         with self._lock:
