@@ -102,3 +102,10 @@ def test_dtype_auto_is_fp32_on_cpu_and_bf16_on_gpu(tiny_model_path):
     out = learner.forward_backward(DATA[:2], "importance_sampling")
     assert out["loss_fn_outputs"][0]["logprobs"].dtype == torch.float32
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in learner.params)
+
+
+def test_packing_is_on_only_with_a_varlen_attention_kernel(tiny_model_path):
+    from trainer.learner import LoRALearner, LoraSpec
+
+    assert not LoRALearner(tiny_model_path, LoraSpec(rank=2)).packing  # SDPA on CPU: padded micro-batches
+    assert LoRALearner(tiny_model_path, LoraSpec(rank=2), packing=True).packing  # asked for explicitly
