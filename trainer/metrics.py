@@ -112,6 +112,7 @@ class WandbRun:
     def __enter__(self) -> "WandbRun":
         if self.cfg.wandb_mode == "disabled":
             return self
+        os.environ.setdefault("WANDB_SILENT", "true")  # the step table is the console output
         import wandb
         from dataclasses import asdict
 
