@@ -128,6 +128,10 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
     log(M.table_header())
     for step in range(start, cfg.steps):
         step_rng_state = rng_states(rng)  # the state a preemption checkpoint of step-1 must hold
+
+        def previous_step_state():  # nothing below mutates the run until the buffer update (4.)
+            return _loop_state(cfg, step - 1, version, groups, best, curriculum, instances, training,
+                               step_rng_state, out)
         t0 = time.perf_counter()
         inst_id = curriculum.current
         inst = instances[inst_id]
@@ -147,15 +151,13 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
                             prompt_tokens=prompts_G[g], **seq)
                     for g, group in enumerate(sampled_G) for k, seq in enumerate(group)]
         t1 = time.perf_counter()
-        _raise_if(stop, cfg, checkpoints, step - 1, lambda: _loop_state(
-            cfg, step - 1, version, groups, best, curriculum, instances, training, step_rng_state, out))
+        _raise_if(stop, cfg, checkpoints, step - 1, previous_step_state)
 
         # 3. verify in the sandbox; every finished evaluation is logged at once, logged ones are not redone
         _verify(inst, rollouts, step, inst_id, rollout_log)
         rewards_G_K = np.array([r.result.reward for r in rollouts]).reshape(groups, cfg.group_size)
         t2 = time.perf_counter()
-        _raise_if(stop, cfg, checkpoints, step - 1, lambda: _loop_state(
-            cfg, step - 1, version, groups, best, curriculum, instances, training, step_rng_state, out))
+        _raise_if(stop, cfg, checkpoints, step - 1, previous_step_state)
 
         # 4. buffer update (PUCT visit counts, children) and the best state ever seen (drawn when it improves)
         improved = _best_of(rollouts, best)
@@ -236,8 +238,7 @@ def _service(cfg: TrainConfig, sampler, out: Path, stack: ExitStack):
     from shim.factory import make_engine, make_service_client
 
     if cfg.backend == "tinker":
-        service = make_service_client("tinker", base_url=cfg.base_url, api_key=cfg.api_key)
-        return service
+        return make_service_client("tinker", base_url=cfg.base_url, api_key=cfg.api_key)
     engine_kwargs = {"max_lora_rank": cfg.lora_rank, "max_model_len": cfg.max_model_len, "seed": cfg.seed,
                      **cfg.sampler_args}
     if cfg.sampler == "server":
