@@ -1,30 +1,41 @@
 """An HF/PEFT sampler with the VLLMSampler interface, for machines without vLLM (e.g. GPU boxes here).
 
+All prompts of a call decode together in one left-padded batch; each prompt keeps its own seeded generator, so
+a prompt's samples do not depend on what else is in the batch (up to float rounding of the batched matmuls).
 Logprobs are the processed ones: log_softmax of the logits after temperature / top-k / top-p, renormalised
 over the kept tokens, which is what the sampling distribution was (so importance ratios are right).
+
+Adapters are served merged into a copy of the base weights when the dtype is fp32 (see lora_merge.py), else
+through PEFT's LoRA layers on a copy; the base model itself is never modified, so version None is always the
+base model (the KL reference, frozen runs).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
 
+from inference.lora_merge import MergedModel, merge_plan
 from inference.types import SampledSequence, SamplingParams
 
 
 class HFSampler:
     def __init__(self, model_path: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                 max_model_len: int = 2048, **_ignored):
+                 max_model_len: int = 2048, merge_lora: bool | None = None, **_ignored):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
-        self.model = self.base
         self.device, self.max_model_len = device, max_model_len
+        self.merge_lora = dtype == torch.float32 if merge_lora is None else merge_lora
         self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         self.version: int | None = None
-        self._adapter_paths: dict[int, str] = {}
+        self.policy = None  # the model that serves `version`
+        self._merged: MergedModel | None = None
+        self._peft = None  # PeftModel over a copy of the base, with one adapter at a time
 
     def close(self) -> None:
         pass
@@ -33,13 +44,32 @@ class HFSampler:
         return self.tokenizer
 
     def load_adapter(self, version: int, path: str) -> None:
+        plan = merge_plan(path) if self.merge_lora else None
+        if plan is not None:
+            if self._merged is None:
+                self._merged = MergedModel(self.base)
+            self._merged.load(plan)
+            self.policy = self._merged.model
+        else:
+            self.policy = self._load_peft(f"v{version}", path)
+        self.version = version
+
+    def _load_peft(self, name: str, path: str):
         from peft import PeftModel
 
-        if isinstance(self.model, PeftModel):
-            self.model = self.model.unload()  # drop the old LoRA layers, keep the (unmerged) base weights
-        self.model = PeftModel.from_pretrained(self.base, path).eval()
-        self._adapter_paths = {version: path}
-        self.version = version
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(copy.deepcopy(self.base), path, adapter_name=name).eval()
+            return self._peft
+        old = self._peft.active_adapter
+        self._peft.load_adapter(path, adapter_name=name)
+        self._peft.set_adapter(name)
+        self._peft.delete_adapter(old)
+        return self._peft.eval()
+
+    @property
+    def model(self):
+        """The module that serves the current version (the base model before any adapter)."""
+        return self._model_for("current")[1]
 
     def _model_for(self, version):
         version = self.version if version == "current" else version
@@ -47,7 +77,7 @@ class HFSampler:
             return version, self.base
         if version != self.version:
             raise ValueError(f"adapter version {version} is not loaded (loaded: {self.version})")
-        return version, self.model
+        return version, self.policy
 
     @staticmethod
     def _processed_logprobs(logits_V: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -63,43 +93,94 @@ class HFSampler:
             logits_V = logits_V.masked_fill(drop_V, float("-inf"))
         return torch.log_softmax(logits_V, -1)
 
-    @torch.no_grad()
-    def sample(self, prompts_P: Sequence[Sequence[int]], num_samples: int, params: SamplingParams,
-               seeds_P: Sequence[int | None] | None = None, version="current") -> list[list[SampledSequence]]:
-        params.check(prompts_P, self.max_model_len)
-        version, model = self._model_for(version)
-        seeds_P = list(seeds_P) if seeds_P is not None else [params.seed] * len(prompts_P)
-        stop_ids = set(params.stop_token_ids) or {self.eos_id}
-        results = []
-        for prompt, seed in zip(prompts_P, seeds_P):
+    def _generators(self, seeds_P: Sequence[int | None]) -> list[torch.Generator]:
+        gens = []
+        for seed in seeds_P:
             gen = torch.Generator(device=self.device)
             if seed is not None:
                 gen.manual_seed(seed)
             else:
                 gen.seed()  # unseeded request: random, without reseeding torch's global generator
-            ids = torch.tensor([list(prompt)] * num_samples, device=self.device)
-            out = model(input_ids=ids, use_cache=True)
-            past, logits = out.past_key_values, out.logits[:, -1]
-            tokens = [[] for _ in range(num_samples)]
-            logprobs = [[] for _ in range(num_samples)]
-            done = [False] * num_samples
-            for _ in range(params.max_tokens):
-                logp_BV = self._processed_logprobs(logits, params)
-                next_B = torch.multinomial(logp_BV.exp(), 1, generator=gen)[:, 0]
-                for b in range(num_samples):
-                    if not done[b]:
-                        t = int(next_B[b])
-                        tokens[b].append(t)
-                        logprobs[b].append(float(logp_BV[b, t]))
-                        done[b] = t in stop_ids
-                if all(done):
-                    break
-                out = model(input_ids=next_B[:, None], past_key_values=past, use_cache=True)
-                past, logits = out.past_key_values, out.logits[:, -1]
-            results.append([SampledSequence(tokens=t, logprobs=lp, adapter_version=version,
-                                            stop_reason="stop" if d else "length",
-                                            text=self.tokenizer.decode(t, skip_special_tokens=True))
-                            for t, lp, d in zip(tokens, logprobs, done)])
+            gens.append(gen)
+        return gens
+
+    @staticmethod
+    def _draw(logp_BV: torch.Tensor, gens: list[torch.Generator], n: int) -> torch.Tensor:
+        """Inverse-CDF sampling, rows p*n..(p+1)*n-1 with generator p (one uniform per row per token;
+        torch.multinomial costs ~1 ms per call on CPU, most of a small model's decode step)."""
+        cdf_BV = logp_BV.double().exp().cumsum(-1)
+        u_B = torch.cat([torch.rand(n, generator=gen, dtype=torch.float64, device=gen.device) for gen in gens])
+        picked_B = torch.searchsorted(cdf_BV, (u_B * cdf_BV[:, -1])[:, None], right=True)[:, 0]
+        return picked_B.clamp(max=logp_BV.shape[-1] - 1)
+
+    def _stopped_by_string(self, tokens: list[int], stops: list[str]) -> str | None:
+        """The text up to the first stop string, if one has appeared (vLLM's default: stop string excluded)."""
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
+        return text[:min(cuts)] if cuts else None
+
+    @torch.no_grad()
+    def sample(self, prompts_P: Sequence[Sequence[int]], num_samples: int, params: SamplingParams,
+               seeds_P: Sequence[int | None] | None = None, version="current") -> list[list[SampledSequence]]:
+        params.check(prompts_P, self.max_model_len)
+        version, model = self._model_for(version)
+        P, n = len(prompts_P), num_samples
+        gens = self._generators(list(seeds_P) if seeds_P is not None else [params.seed] * P)
+        stop_ids = torch.tensor(sorted(set(params.stop_token_ids) or {self.eos_id}), device=self.device)
+        stop_strs = params.stop_strings
+
+        # one left-padded batch of P x n rows; positions count real tokens only
+        width = max(len(p) for p in prompts_P)
+        ids_BL = torch.full((P * n, width), self.pad_id, dtype=torch.long, device=self.device)
+        mask_BL = torch.zeros((P * n, width), dtype=torch.long, device=self.device)
+        for p, prompt in enumerate(prompts_P):
+            ids_BL[p * n:(p + 1) * n, width - len(prompt):] = torch.tensor(list(prompt), device=self.device)
+            mask_BL[p * n:(p + 1) * n, width - len(prompt):] = 1
+        positions_BL = (mask_BL.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids_BL, attention_mask=mask_BL, position_ids=positions_BL, use_cache=True)
+        past, logits_BV = out.past_key_values, out.logits[:, -1]
+        position_B1 = positions_BL[:, -1:]
+
+        tokens_BT, logprobs_BT = [], []
+        done_B = torch.zeros(P * n, dtype=torch.bool, device=self.device)
+        length_B = torch.full((P * n,), params.max_tokens, dtype=torch.long, device=self.device)
+        texts: dict[int, str] = {}  # row -> text cut at a stop string
+        for t in range(params.max_tokens):
+            logp_BV = self._processed_logprobs(logits_BV, params)
+            next_B = self._draw(logp_BV, gens, n)
+            next_B = torch.where(done_B, self.pad_id, next_B)
+            tokens_BT.append(next_B)
+            logprobs_BT.append(logp_BV.gather(-1, next_B[:, None])[:, 0])
+            finished_B = ~done_B & torch.isin(next_B, stop_ids)
+            if stop_strs:
+                for b in (~done_B & ~finished_B).nonzero()[:, 0].tolist():
+                    cut = self._stopped_by_string([int(x[b]) for x in tokens_BT], stop_strs)
+                    if cut is not None:
+                        texts[b] = cut
+                        finished_B[b] = True
+            length_B = torch.where(finished_B, t + 1, length_B)
+            done_B |= finished_B
+            if bool(done_B.all()) or t + 1 == params.max_tokens:
+                break
+            mask_BL = torch.cat([mask_BL, torch.ones_like(mask_BL[:, :1])], dim=1)
+            position_B1 = position_B1 + 1
+            out = model(input_ids=next_B[:, None], attention_mask=mask_BL, position_ids=position_B1,
+                        past_key_values=past, use_cache=True)
+            past, logits_BV = out.past_key_values, out.logits[:, -1]
+
+        tokens = torch.stack(tokens_BT, 1).tolist()
+        logprobs = torch.stack(logprobs_BT, 1).tolist()
+        stopped_B, lengths = done_B.tolist(), length_B.tolist()
+        results = []
+        for p in range(P):
+            group = []
+            for b in range(p * n, (p + 1) * n):
+                k = lengths[b]
+                group.append(SampledSequence(
+                    tokens=tokens[b][:k], logprobs=logprobs[b][:k], adapter_version=version,
+                    stop_reason="stop" if stopped_B[b] else "length",
+                    text=texts.get(b, self.tokenizer.decode(tokens[b][:k], skip_special_tokens=True))))
+            results.append(group)
         return results
 
     @torch.no_grad()

@@ -1,5 +1,8 @@
 """Concurrent sample requests for the same weights and parameters become one engine call, and each keeps its
-own seed: the results equal the same requests sent one at a time."""
+own seed: the results equal the same requests sent one at a time (tokens exactly; logprobs up to the float
+rounding of a bigger batched matmul)."""
+
+import numpy as np
 
 from tinker import types
 
@@ -22,7 +25,8 @@ def test_concurrent_requests_are_coalesced_and_keep_their_seeds(hf_engine):
     assert hf_engine.pool.engine_calls - calls <= 4  # 8 requests, a handful of engine calls
     for a, b in zip(one_by_one, together):
         assert [s.tokens for s in a.sequences] == [s.tokens for s in b.sequences]
-        assert [s.logprobs for s in a.sequences] == [s.logprobs for s in b.sequences]
+        for x, y in zip(a.sequences, b.sequences):
+            np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=0, atol=1e-5)
     mixed = [sampling.sample(prompts[0], 2, params(0)), sampling.sample(prompts[1], 3, params(1))]
     assert [len(f.result().sequences) for f in mixed] == [2, 3]  # different n: never merged
     service.close()
