@@ -129,17 +129,21 @@ class HFSampler:
         stop_ids = torch.tensor(sorted(set(params.stop_token_ids) or {self.eos_id}), device=self.device)
         stop_strs = params.stop_strings
 
-        # one left-padded batch of P x n rows; positions count real tokens only
+        # prefill: one left-padded row per prompt; positions count real tokens only. Its KV cache and last
+        # logits are then repeated for the prompt's n samples, so a prompt is encoded once, not n times.
         width = max(len(p) for p in prompts_P)
-        ids_BL = torch.full((P * n, width), self.pad_id, dtype=torch.long, device=self.device)
-        mask_BL = torch.zeros((P * n, width), dtype=torch.long, device=self.device)
+        ids_PL = torch.full((P, width), self.pad_id, dtype=torch.long, device=self.device)
+        mask_PL = torch.zeros((P, width), dtype=torch.long, device=self.device)
         for p, prompt in enumerate(prompts_P):
-            ids_BL[p * n:(p + 1) * n, width - len(prompt):] = torch.tensor(list(prompt), device=self.device)
-            mask_BL[p * n:(p + 1) * n, width - len(prompt):] = 1
-        positions_BL = (mask_BL.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids_BL, attention_mask=mask_BL, position_ids=positions_BL, use_cache=True)
-        past, logits_BV = out.past_key_values, out.logits[:, -1]
-        position_B1 = positions_BL[:, -1:]
+            ids_PL[p, width - len(prompt):] = torch.tensor(list(prompt), device=self.device)
+            mask_PL[p, width - len(prompt):] = 1
+        positions_PL = (mask_PL.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids_PL, attention_mask=mask_PL, position_ids=positions_PL, use_cache=True)
+        past = out.past_key_values
+        past.batch_repeat_interleave(n)
+        logits_BV = out.logits[:, -1].repeat_interleave(n, dim=0)
+        mask_BL = mask_PL.repeat_interleave(n, dim=0)
+        position_B1 = positions_PL[:, -1:].repeat_interleave(n, dim=0)
 
         tokens_BT, logprobs_BT = [], []
         done_B = torch.zeros(P * n, dtype=torch.bool, device=self.device)

@@ -86,7 +86,7 @@ def test_a_prompts_samples_do_not_depend_on_the_rest_of_the_batch(sampler):
     batched = sampler.sample([PROMPT[:3], PROMPT, PROMPT[:5] + [9, 9, 9]], 4, params, [6, 5, 7], version=None)[1]
     assert [s.tokens for s in alone] == [s.tokens for s in batched]
     for a, b in zip(alone, batched):  # left padding: only rounding may differ
-        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4, rtol=0)
 
 
 def test_inverse_cdf_draws_follow_the_distribution():

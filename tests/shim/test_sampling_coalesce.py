@@ -26,7 +26,7 @@ def test_concurrent_requests_are_coalesced_and_keep_their_seeds(hf_engine):
     for a, b in zip(one_by_one, together):
         assert [s.tokens for s in a.sequences] == [s.tokens for s in b.sequences]
         for x, y in zip(a.sequences, b.sequences):
-            np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=0, atol=1e-4)
     mixed = [sampling.sample(prompts[0], 2, params(0)), sampling.sample(prompts[1], 3, params(1))]
     assert [len(f.result().sequences) for f in mixed] == [2, 3]  # different n: never merged
     service.close()
