@@ -35,7 +35,8 @@ def test_importance_sampling_loss_and_gradient_match_an_independent_computation(
     assert lps[len(PROMPT) - 1:].tolist() == pytest.approx([x.item() for x in lp_completion], abs=1e-5)
     for name, p in learner.model.named_parameters():
         if p.requires_grad:
-            assert torch.allclose(grads[name], p.grad, rtol=1e-4, atol=1e-7), name
+            scale = float(grads[name].abs().max())  # fp32: errors are relative to the tensor's scale
+            torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
     assert any(g.abs().sum() > 0 for g in grads.values())
 
 

@@ -17,7 +17,7 @@ from trainer import distributed, learner_state
 from trainer.learner_custom import run_custom_loss
 from trainer.learner_inputs import PreparedDatum, fields_for, plan_micro_batches, prepare_data, shard_by_tokens
 from trainer.learner_logprobs import LM_HEAD_MODEL_TYPES, PACKABLE_MODEL_TYPES, batch_logprobs
-from trainer.losses import check_loss, token_loss_sum
+from trainer.losses import check_loss, rows_with_gradient, token_loss_sum
 
 ATTN_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP_MODULES = ["gate_proj", "up_proj", "down_proj"]
@@ -153,8 +153,10 @@ class LoRALearner:
         for p in range(n_passes):
             idx = plan[p] if p < len(plan) else []
             batch = [prepared[i] for i in idx] or [_IDLE_DATUM]
+            grad_rows = ([rows_with_gradient(loss_fn, d.inputs) for d in batch]
+                         if backward and idx and loss_fn is not None else None)
             with torch.set_grad_enabled(backward):
-                lps = batch_logprobs(self._call_model, batch, self.packing, self.device, self.lm_head)
+                lps = batch_logprobs(self._call_model, batch, self.packing, self.device, self.lm_head, grad_rows)
                 if idx and loss_fn is not None:
                     loss = sum(token_loss_sum(loss_fn, lp, {k: v.to(self.device) for k, v in d.inputs.items()},
                                               config) for lp, d in zip(lps, batch))

@@ -85,7 +85,8 @@ def chunked_target_logprobs(lm_head: torch.nn.Module, hidden_T_H: torch.Tensor, 
 
 
 def batch_logprobs(call_model: Callable[..., torch.Tensor], batch: list[PreparedDatum], packed: bool, device: str,
-                   lm_head: torch.nn.Module | None = None) -> list[torch.Tensor]:
+                   lm_head: torch.nn.Module | None = None, grad_rows: list[torch.Tensor] | None = None
+                   ) -> list[torch.Tensor]:
     """One forward pass over `batch`; returns each datum's target logprobs (float32, on `device`; float64 for a
     float64 model on the chunked path).
 
@@ -94,6 +95,10 @@ def batch_logprobs(call_model: Callable[..., torch.Tensor], batch: list[Prepared
     the logprobs come from chunked_target_logprobs over real tokens only, and memory for the vocabulary is
     O(CHUNK_ROWS x V) instead of O(T x V). Without lm_head the micro-batch's full logits are built and
     TargetLogprobs reads them.
+
+    `grad_rows`: per datum, (N,) bool, the tokens whose loss can have a gradient (losses.rows_with_gradient).
+    With a chunked lm_head the other tokens' logprobs are computed without autograd: in RL datums most tokens
+    are the prompt's (advantage 0), and lm_head + log-softmax is the biggest part of a small model's step.
     """
     lengths = [len(d.tokens) for d in batch]
     if packed:
@@ -128,10 +133,28 @@ def batch_logprobs(call_model: Callable[..., torch.Tensor], batch: list[Prepared
         t = d.inputs["target_tokens"]
         targets_T_K[start: start + n, : (t.shape[1] if t.dim() == 2 else 1)] = t if t.dim() == 2 else t[:, None]
     targets_T_K = targets_T_K.to(device)
-    lp_T_K = (chunked_target_logprobs(lm_head, rows, targets_T_K) if lm_head is not None
-              else target_logprobs(rows, targets_T_K))
+    if lm_head is None:
+        lp_T_K = target_logprobs(rows, targets_T_K)
+    elif grad_rows is not None and torch.is_grad_enabled():
+        lp_T_K = _split_by_gradient(lm_head, rows, targets_T_K, torch.cat(grad_rows).to(device))
+    else:
+        lp_T_K = chunked_target_logprobs(lm_head, rows, targets_T_K)
     out = []
     for d, start, n in zip(batch, starts, lengths):
         t = d.inputs["target_tokens"]
         out.append(lp_T_K[start: start + n, : t.shape[1]] if t.dim() == 2 else lp_T_K[start: start + n, 0])
     return out
+
+
+def _split_by_gradient(lm_head: torch.nn.Module, rows_T_H: torch.Tensor, targets_T_K: torch.Tensor,
+                       needs_T: torch.Tensor) -> torch.Tensor:
+    """chunked_target_logprobs with autograd on the `needs_T` rows only; the same values on every row."""
+    if not bool(needs_T.any()):  # keep one row in the graph so that backward() has something to run through
+        needs_T = needs_T.clone()
+        needs_T[0] = True
+    grad_idx, free_idx = needs_T.nonzero()[:, 0], (~needs_T).nonzero()[:, 0]
+    lp_grad = chunked_target_logprobs(lm_head, rows_T_H[grad_idx], targets_T_K[grad_idx])
+    with torch.no_grad():
+        lp_free = chunked_target_logprobs(lm_head, rows_T_H[free_idx], targets_T_K[free_idx])
+    out_T_K = torch.zeros(targets_T_K.shape, dtype=lp_grad.dtype, device=lp_grad.device)
+    return out_T_K.index_put((free_idx,), lp_free).index_put((grad_idx,), lp_grad)

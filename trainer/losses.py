@@ -41,6 +41,18 @@ def check_loss(loss_fn: str, config: dict | None) -> dict[str, float]:
     return merged
 
 
+def rows_with_gradient(loss_fn: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N,) bool: the tokens whose loss term can have a nonzero gradient. Zero-advantage (zero-weight) tokens,
+    e.g. the prompt's, add exactly 0 to the loss and its gradient under every loss but dro, whose
+    (lp - q)^2 penalty reaches every token."""
+    if loss_fn == "cross_entropy":
+        weights = inputs["weights"]
+        return (weights != 0).reshape(weights.shape[0], -1).any(-1)
+    if loss_fn == "dro":
+        return torch.ones(inputs["advantages"].shape[0], dtype=torch.bool)
+    return inputs["advantages"] != 0
+
+
 def token_loss_sum(loss_fn: str, lp_T: torch.Tensor, inputs: dict[str, torch.Tensor],
                    config: dict[str, float]) -> torch.Tensor:
     """The summed loss of one datum's tokens. `lp_T` carries the gradient; inputs are constants."""
