@@ -16,7 +16,8 @@ import torch
 from trainer import distributed, learner_state
 from trainer.learner_custom import run_custom_loss
 from trainer.learner_inputs import PreparedDatum, fields_for, plan_micro_batches, prepare_data, shard_by_tokens
-from trainer.learner_logprobs import LM_HEAD_MODEL_TYPES, PACKABLE_MODEL_TYPES, batch_logprobs
+from trainer.learner_logprobs import LM_HEAD_MODEL_TYPES, PACKABLE_MODEL_TYPES, batch_logprobs, shared_prefix_logprobs
+from trainer.learner_prefix import PrefixGroup, find_groups, plan_shared
 from trainer.losses import check_loss, rows_with_gradient, token_loss_sum
 
 ATTN_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -24,6 +25,15 @@ MLP_MODULES = ["gate_proj", "up_proj", "down_proj"]
 UNEMBED_MODULES = ["lm_head"]
 # A rank with no datums left still runs a pass on this so that it joins the other ranks' collectives.
 _IDLE_DATUM = PreparedDatum([0], {"target_tokens": torch.zeros(1, dtype=torch.long)})
+
+
+def _local_groups(groups: list[PrefixGroup]) -> list[PrefixGroup]:
+    """A pass's groups with members renumbered to positions in the pass's batch (members in group order)."""
+    out, at = [], 0
+    for g in groups:
+        out.append(PrefixGroup(list(range(at, at + len(g.members))), g.shared))
+        at += len(g.members)
+    return out
 
 
 @dataclass(frozen=True)
@@ -65,13 +75,17 @@ def resolve_dtype(dtype: torch.dtype | str, device: str) -> torch.dtype:
 class LoRALearner:
     def __init__(self, model_path: str, lora: LoraSpec = LoraSpec(), dtype: torch.dtype | str = "auto",
                  device: str = "cpu", micro_batch_tokens: int = 8192, gradient_checkpointing: bool = False,
-                 packing: bool | None = None, attn_implementation: str | None = None, use_deepspeed: bool | None = None,
+                 packing: bool | None = None, prefix_sharing: bool | None = None,
+                 attn_implementation: str | None = None, use_deepspeed: bool | None = None,
                  base_model: torch.nn.Module | None = None, model_id: str = "local:train:0"):
         """`model_path`: a local HF dir (also the tokenizer id). `base_model`: an already built causal LM to use
         instead of loading one (benchmarks). `use_deepspeed`: None = when started by `accelerate launch` with
         a DeepSpeed config. `packing`: padding-free micro-batches where the architecture supports it; None = only
         with a varlen (flash) attention kernel: SDPA and eager attention build a full mask over a packed pass, so
         there packing costs O(pass^2) and padded micro-batches are several times faster (bench_trl: 2.5 -> 0.7 s).
+
+        `prefix_sharing`: datums that start with the same tokens (a group's prompt) run that prefix once per pass
+        (learner_prefix.py); None = wherever it is supported (see below), which is exact up to float rounding.
 
         `micro_batch_tokens`: the token budget of one forward/backward pass (packed: the sum of the datums'
         lengths; padded: rows x the longest). Datums are grouped under it, a datum longer than it gets a pass
@@ -115,6 +129,14 @@ class LoRALearner:
         chunked = base_model.config.model_type in LM_HEAD_MODEL_TYPES and distributed.zero_stage(self.engine) < 3
         self.lm_head = self.model.get_output_embeddings() if chunked else None
         self.decoder = self.model.get_base_model().get_decoder() if chunked else None
+        # Shared-prefix passes need the decoder's KV cache during training, which HF's gradient checkpointing
+        # turns off, and the hidden-state path of the chunked lm_head; packing already removes the padding.
+        supported = chunked and not gradient_checkpointing and not self.packing
+        if prefix_sharing and not supported:
+            raise ValueError("prefix_sharing needs a chunked-lm_head model type "
+                             f"({sorted(LM_HEAD_MODEL_TYPES)}), no ZeRO-3, no gradient_checkpointing and no "
+                             "packing: turn one of them off, or leave prefix_sharing unset (auto)")
+        self.prefix_sharing = supported if prefix_sharing is None else prefix_sharing
         self.steps = 0
 
     # -- compute --------------------------------------------------------------------------------------
@@ -123,13 +145,14 @@ class LoRALearner:
         runs on one position only: logits_to_keep=1)."""
         module = self.engine if self.engine is not None else self.model
         # use_cache=False: a KV cache would also stop transformers from reading packing from position_ids
+        inputs = {"use_cache": False, **inputs}  # a shared-prefix pass brings its own cache
         if self.lm_head is None:
-            return module(**inputs, use_cache=False).logits
+            return module(**inputs).logits
         captured: list[torch.Tensor] = []
         handle = self.decoder.register_forward_hook(
             lambda _module, _args, out: captured.append(out[0] if isinstance(out, tuple) else out.last_hidden_state))
         try:
-            module(**inputs, use_cache=False, logits_to_keep=1)
+            module(**inputs, logits_to_keep=1)
         finally:
             handle.remove()
         return captured[-1]
@@ -145,8 +168,12 @@ class LoRALearner:
         lengths = [len(d.tokens) for d in prepared]
         world = distributed.world_size() if self.engine is not None else 1
         mine = shard_by_tokens(lengths, world)[distributed.rank()] if world > 1 else list(range(len(prepared)))
-        plan = [[mine[j] for j in group]
-                for group in plan_micro_batches([lengths[i] for i in mine], self.micro_batch_tokens, self.packing)]
+        shared = self._prefix_plan([prepared[i].tokens for i in mine])
+        if shared is not None:  # passes of prefix groups; a pass's datums are its groups' members, in order
+            plan = [[mine[i] for g in groups for i in g.members] for groups in shared]
+        else:
+            plan = [[mine[j] for j in group]
+                    for group in plan_micro_batches([lengths[i] for i in mine], self.micro_batch_tokens, self.packing)]
         n_passes = distributed.all_reduce_max(len(plan)) if world > 1 else len(plan)
         logprobs: dict[int, torch.Tensor] = {}
         total = 0.0
@@ -156,7 +183,12 @@ class LoRALearner:
             grad_rows = ([rows_with_gradient(loss_fn, d.inputs) for d in batch]
                          if backward and idx and loss_fn is not None else None)
             with torch.set_grad_enabled(backward):
-                lps = batch_logprobs(self._call_model, batch, self.packing, self.device, self.lm_head, grad_rows)
+                if shared is not None and idx:
+                    lps = shared_prefix_logprobs(self._call_model, batch, _local_groups(shared[p]), self.device,
+                                                 self.lm_head, grad_rows)
+                else:
+                    lps = batch_logprobs(self._call_model, batch, self.packing, self.device, self.lm_head,
+                                         grad_rows)
                 if idx and loss_fn is not None:
                     loss = sum(token_loss_sum(loss_fn, lp, {k: v.to(self.device) for k, v in d.inputs.items()},
                                               config) for lp, d in zip(lps, batch))
@@ -172,6 +204,16 @@ class LoRALearner:
             for part in distributed.all_gather_objects(logprobs):
                 logprobs.update(part)
         return [logprobs[i] for i in range(len(prepared))], total
+
+    def _prefix_plan(self, tokens: list[list[int]]) -> list[list[PrefixGroup]] | None:
+        """Shared-prefix passes over these datums (indices into `tokens`), or None for plain passes: when
+        sharing is off or unsupported here, or no two datums share a prefix."""
+        if not self.prefix_sharing or any(len(t) < 2 for t in tokens):
+            return None
+        groups = find_groups(tokens)
+        if all(len(g.members) == 1 for g in groups):
+            return None
+        return plan_shared(groups, [len(t) for t in tokens], self.micro_batch_tokens)
 
     def _backward(self, loss: torch.Tensor, world: int) -> None:
         if self.engine is None:

@@ -158,3 +158,57 @@ def _split_by_gradient(lm_head: torch.nn.Module, rows_T_H: torch.Tensor, targets
         lp_free = chunked_target_logprobs(lm_head, rows_T_H[free_idx], targets_T_K[free_idx])
     out_T_K = torch.zeros(targets_T_K.shape, dtype=lp_grad.dtype, device=lp_grad.device)
     return out_T_K.index_put((free_idx,), lp_free).index_put((grad_idx,), lp_grad)
+
+
+def shared_prefix_logprobs(call_model: Callable[..., torch.Tensor], batch: list[PreparedDatum], groups: list,
+                           device: str, lm_head: torch.nn.Module, grad_rows: list[torch.Tensor] | None = None
+                           ) -> list[torch.Tensor]:
+    """batch_logprobs for a shared-prefix pass (learner_prefix.py): `groups` hold indices into `batch`. A
+    group's prefix rows are scored once when its members' targets agree there; each member gets its logprobs
+    through a gather, whose backward adds the members' gradients."""
+    from trainer.learner_prefix import shared_prefix_hidden
+
+    hidden_R_H, prefix_rows, own_rows = shared_prefix_hidden(call_model, [d.tokens for d in batch], groups, device)
+    k = max(d.inputs["target_tokens"].shape[1] if d.inputs["target_tokens"].dim() == 2 else 1 for d in batch)
+
+    def as_T_K(t: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(t.shape[0], k, dtype=torch.long)
+        out[:, : (t.shape[1] if t.dim() == 2 else 1)] = t if t.dim() == 2 else t[:, None]
+        return out
+
+    rows, targets, needs, index = [], [], [], {}  # flat scored rows; datum -> its rows in that list
+    count = 0
+    member = 0
+    for p, g in enumerate(groups):
+        s = g.shared - 1  # positions 0..S-2: same hidden state for every member
+        first = batch[g.members[0]].inputs["target_tokens"][:s]
+        agree = all(torch.equal(batch[i].inputs["target_tokens"][:s], first) for i in g.members)
+        if agree:
+            shared_at = torch.arange(count, count + s)
+            rows.append(prefix_rows[p])
+            targets.append(as_T_K(first))
+            needs.append(torch.stack([grad_rows[i][:s] for i in g.members]).any(0) if grad_rows else None)
+            count += s
+        for i in g.members:
+            t = batch[i].inputs["target_tokens"]
+            own = own_rows[member]
+            member += 1
+            mine = own if agree else torch.cat([prefix_rows[p], own])
+            rows.append(mine)
+            targets.append(as_T_K(t[s:] if agree else t))
+            needs.append((grad_rows[i][s:] if agree else grad_rows[i]) if grad_rows else None)
+            index[i] = torch.cat([shared_at, torch.arange(count, count + len(mine))]) if agree else \
+                torch.arange(count, count + len(mine))
+            count += len(mine)
+    rows_T_H = hidden_R_H[torch.cat(rows).to(device)]
+    targets_T_K = torch.cat(targets).to(device)
+    if grad_rows is not None and torch.is_grad_enabled():
+        lp_T_K = _split_by_gradient(lm_head, rows_T_H, targets_T_K, torch.cat(needs).to(device))
+    else:
+        lp_T_K = chunked_target_logprobs(lm_head, rows_T_H, targets_T_K)
+    out = []
+    for i, d in enumerate(batch):
+        t = d.inputs["target_tokens"]
+        lp = lp_T_K[index[i].to(device)]
+        out.append(lp[:, : t.shape[1]] if t.dim() == 2 else lp[:, 0])
+    return out

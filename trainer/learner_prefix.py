@@ -1,0 +1,131 @@
+"""Shared-prefix passes: datums that start with the same tokens (a GRPO group's rollouts share their prompt)
+run that prefix through the model once, and only their own suffixes separately.
+
+A pass = groups of datums, each group with a shared prefix length S. Two model calls per pass: the prefixes,
+left-padded into one row per group, with a KV cache; the cache is repeated for each group's members, and the
+right-padded suffixes run on top of it with position ids that continue each prefix. Causal attention makes
+this exact (the prefix never attends to a suffix), so logprobs and gradients equal those of whole sequences up
+to float rounding; autograd sums the gradient that reaches a shared prefix from all of its members.
+
+The prefix of a datum is the first S tokens of its model_input. The logprob rows of positions 0..S-2 are shared
+too when the members' targets agree there; position S-1 predicts the first suffix token, so it is the datum's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+MIN_SHARED_TOKENS = 16  # below this a shared prefix saves less than the second model call costs
+
+
+@dataclass
+class PrefixGroup:
+    members: list[int]  # datum indices
+    shared: int  # S: the first S model_input tokens are the same in every member (1 <= S < every length)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def find_groups(tokens: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_TOKENS) -> list[PrefixGroup]:
+    """Datums that share at least `min_shared` leading tokens; every datum is in exactly one group (a datum
+    that shares nothing is a group of one, with S = its length - 1). In sorted order, neighbours with the
+    longest common prefixes sit next to each other, so one scan finds the groups."""
+    order = sorted(range(len(tokens)), key=lambda i: tuple(tokens[i]))
+    groups: list[PrefixGroup] = []
+    for i in order:
+        if groups:
+            g = groups[-1]
+            shared = min(_common_prefix(tokens[g.members[0]], tokens[i]), len(tokens[i]) - 1,
+                         g.shared if len(g.members) > 1 else len(tokens[g.members[0]]) - 1)
+            if shared >= min_shared:
+                g.members.append(i)
+                g.shared = shared
+                continue
+        groups.append(PrefixGroup([i], len(tokens[i]) - 1))
+    return groups
+
+
+def pass_cost(groups: Sequence[PrefixGroup], lengths: Sequence[int]) -> int:
+    """Tokens of the two calls as padded: groups x the longest prefix + members x the longest suffix."""
+    prefix = max(g.shared for g in groups)
+    suffix = max(lengths[i] - g.shared for g in groups for i in g.members)
+    return len(groups) * prefix + sum(len(g.members) for g in groups) * suffix
+
+
+def plan_shared(groups: Sequence[PrefixGroup], lengths: Sequence[int], budget: int) -> list[list[PrefixGroup]]:
+    """Passes of at most `budget` padded tokens: a group too big for one pass is split into member chunks
+    (each chunk runs the prefix again); groups fill passes first-fit, biggest first."""
+    pieces: list[PrefixGroup] = []
+    for g in groups:
+        chunk: list[int] = []
+        for i in sorted(g.members, key=lambda j: -lengths[j]):
+            if chunk and pass_cost([PrefixGroup(chunk + [i], g.shared)], lengths) > budget:
+                pieces.append(PrefixGroup(chunk, g.shared))
+                chunk = []
+            chunk.append(i)
+        pieces.append(PrefixGroup(chunk, g.shared))
+    passes: list[list[PrefixGroup]] = []
+    for piece in sorted(pieces, key=lambda g: -pass_cost([g], lengths)):
+        fit = next((p for p in passes if pass_cost(p + [piece], lengths) <= budget), None)
+        if fit is None:
+            passes.append([piece])
+        else:
+            fit.append(piece)
+    return passes
+
+
+def shared_prefix_hidden(call_model: Callable[..., torch.Tensor], tokens: Sequence[Sequence[int]],
+                         groups: Sequence[PrefixGroup], device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The decoder's last hidden states for a pass: (prefix rows of every group, flattened) and per member
+    (in group order) the rows of its own positions S-1 .. N-1 as indices into one (R, H) tensor.
+
+    Returns (hidden_R_H, index per member): a member's full (N, H) hidden = hidden_R_H[cat(prefix index of
+    its group, its index)]; see `member_rows`.
+    """
+    from transformers import DynamicCache
+
+    P = len(groups)
+    width = max(g.shared for g in groups)
+    ids_PL = torch.zeros(P, width, dtype=torch.long)
+    mask_PL = torch.zeros(P, width, dtype=torch.long)
+    for p, g in enumerate(groups):
+        ids_PL[p, width - g.shared:] = torch.tensor(list(tokens[g.members[0]][:g.shared]))
+        mask_PL[p, width - g.shared:] = 1
+    positions_PL = (mask_PL.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    hidden_PLH = call_model(input_ids=ids_PL.to(device), attention_mask=mask_PL.to(device),
+                            position_ids=positions_PL.to(device), past_key_values=cache, use_cache=True)
+
+    members = [(p, i) for p, g in enumerate(groups) for i in g.members]
+    repeat_B = torch.tensor([p for p, _ in members], device=device)
+    cache.batch_select_indices(repeat_B)  # a differentiable gather: members' gradients add up in the prefix
+    suffixes = [list(tokens[i][groups[p].shared:]) for p, i in members]
+    swidth = max(len(s) for s in suffixes)
+    ids_BW = torch.zeros(len(members), swidth, dtype=torch.long)
+    mask_BW = torch.zeros(len(members), swidth, dtype=torch.long)
+    for b, s in enumerate(suffixes):
+        ids_BW[b, :len(s)] = torch.tensor(s)
+        mask_BW[b, :len(s)] = 1
+    start_B1 = torch.tensor([[groups[p].shared] for p, _ in members])
+    hidden_BWH = call_model(input_ids=ids_BW.to(device),
+                            attention_mask=torch.cat([mask_PL[repeat_B.cpu()], mask_BW], 1).to(device),
+                            position_ids=(start_B1 + torch.arange(swidth)[None]).to(device),
+                            past_key_values=cache, use_cache=True)
+    H = hidden_PLH.shape[-1]
+    hidden_R_H = torch.cat([hidden_PLH.reshape(-1, H), hidden_BWH.reshape(-1, H)])
+    own = []
+    for b, (p, i) in enumerate(members):  # position S-1 (the prefix's last row), then the suffix rows
+        n_suffix = len(tokens[i]) - groups[p].shared
+        own.append(torch.cat([torch.tensor([p * width + width - 1]),
+                              P * width + b * swidth + torch.arange(n_suffix)]))
+    prefix_rows = [p * width + width - g.shared + torch.arange(g.shared - 1) for p, g in enumerate(groups)]
+    return hidden_R_H, prefix_rows, own
