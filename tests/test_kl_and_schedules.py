@@ -58,3 +58,26 @@ def test_curriculum_promotes_on_valid_rate_and_reward_and_stops_at_the_last_inst
 ])
 def test_adaptive_batch(groups, valid_rate, rollouts, expected):
     assert next_groups(groups, valid_rate, 0.5, 2, 32, rollouts) == expected
+
+
+def test_best_json_at_every_improvement_and_the_picture_at_most_every_interval(tmp_path, monkeypatch):
+    import json
+
+    import envs.render
+    from trainer.metrics import BestWriter
+
+    drawn = []
+    monkeypatch.setattr(envs.render, "draw_construction", lambda env, c, title, path: drawn.append((c, title)))
+    writer = BestWriter(tmp_path, "toy", picture_every_s=3600)
+    for step, score in enumerate([1.0, 2.0, 3.0]):
+        writer.write({"score": score, "step": step, "construction": [score]}, env=None)
+        assert json.loads((tmp_path / "best.json").read_text())["score"] == score
+    assert [c for c, _ in drawn] == [[1.0]]  # the first improvement is drawn, the next two wait
+    writer.close()
+    assert [c for c, _ in drawn] == [[1.0], [3.0]] and "step 2" in drawn[-1][1]  # the latest, once
+    writer.close()
+    assert len(drawn) == 2
+    every = BestWriter(tmp_path, "toy", picture_every_s=0)
+    every.write({"score": 4.0, "step": 3, "construction": [4.0]}, env=None)
+    every.write({"score": 5.0, "step": 4, "construction": None}, env=None)  # nothing to draw
+    assert [c for c, _ in drawn] == [[1.0], [3.0], [4.0]]

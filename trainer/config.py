@@ -94,6 +94,7 @@ class TrainConfig:
     # -- checkpoints and metrics
     save_every: int = 1
     keep_checkpoints: int = 3
+    picture_every_s: float = 60.0  # best.png is redrawn at most this often (and at the end); best.json always
     wandb_mode: str = "offline"  # offline | online | disabled
     wandb_project: str = "ttt"
     progress: bool = True
@@ -114,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if self.picture_every_s < 0:
+            raise ValueError(f"picture_every_s must be >= 0 (0: draw at every improvement), got {self.picture_every_s}")
         if not isinstance(self.env, dict) or "_target_" not in self.env:
             raise ValueError("env must be an env config with _target_: pick one with env=NAME (see configs/env/)")
         if self.adaptive_batch and not 1 <= self.min_groups <= self.max_groups:

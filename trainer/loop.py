@@ -118,6 +118,8 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
     records = truncate_metrics(out / "metrics.jsonl", start)
     rollout_log = RolloutLog(out / "rollouts.jsonl")
     wandb = stack.enter_context(M.WandbRun(cfg, out, resume=saved is not None))
+    best_writer = M.BestWriter(out, cfg.env_name, cfg.picture_every_s)
+    stack.callback(best_writer.close)  # a picture that lags is drawn at the end, also after an error
     prefill_tokens = tokenizer.encode(cfg.prefill_text, add_special_tokens=False)
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     probe_tokens = None
@@ -164,7 +166,7 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
         if improved is not None:  # with its parent state, so `ttt eval` can verify it again
             best = {**improved, "step": step, "instance": inst_id,
                     "parent_state": inst.buffer.node(improved["parent_id"]).state.to_dict()}
-            M.write_best(out, best, inst.env, cfg.env_name)
+            best_writer.write(best, inst.env)
         for r in rollouts:
             child = _child_state(inst.env, r, inst.buffer.node(r.parent_id).state) if r.result.ok else None
             inst.buffer.record(r.parent_id, child, r.result.value if child is not None else None)
@@ -208,6 +210,7 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
         if stop["set"]:
             raise Preempted(f"SIGTERM: stopped after step {step}, checkpointed; rerun with resume=true")
 
+    best_writer.close()
     M.finish(out, records, best, instances[curriculum.current].env, cfg)
     return records
 

@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -74,20 +75,38 @@ def progress(show: bool, total: int, desc: str):
         bar.close()
 
 
-def write_best(out: Path, best: dict, env, env_name: str) -> None:
-    """The best state ever seen, as JSON (atomically) and, where the env has a picture, as best.png."""
-    tmp = out / "best.json.tmp"
-    tmp.write_text(json.dumps(best, default=_plain))
-    os.replace(tmp, out / "best.json")
-    if best.get("construction") is None:
-        return
-    from envs.render import draw_construction
+class BestWriter:
+    """The best state ever seen: best.json (atomically) at every improvement, and best.png where the env has a
+    picture. Drawing costs ~1 s of matplotlib, which early in a run would be paid at nearly every step, so the
+    picture is redrawn at most every `picture_every_s` seconds, and once more at close if it lags."""
 
-    try:
-        draw_construction(env, best["construction"], f"{env_name}: best score {best['score']} (step {best['step']})",
-                          str(out / "best.png"))
-    except Exception:  # noqa: BLE001 - a picture must never stop a run; best.json has the numbers
-        pass
+    def __init__(self, out: Path, env_name: str, picture_every_s: float = 60.0):
+        self.out, self.env_name, self.picture_every_s = out, env_name, picture_every_s
+        self._drawn_at = -math.inf
+        self._pending: tuple | None = None  # (best, env) not drawn yet
+
+    def write(self, best: dict, env) -> None:
+        tmp = self.out / "best.json.tmp"
+        tmp.write_text(json.dumps(best, default=_plain))
+        os.replace(tmp, self.out / "best.json")
+        if best.get("construction") is None:
+            return
+        self._pending = (best, env)
+        if time.monotonic() - self._drawn_at >= self.picture_every_s:
+            self.close()
+
+    def close(self) -> None:
+        if self._pending is None:
+            return
+        (best, env), self._pending = self._pending, None
+        self._drawn_at = time.monotonic()
+        from envs.render import draw_construction
+
+        try:
+            draw_construction(env, best["construction"], f"{self.env_name}: best score {best['score']} "
+                              f"(step {best['step']})", str(self.out / "best.png"))
+        except Exception:  # noqa: BLE001 - a picture must never stop a run; best.json has the numbers
+            pass
 
 
 def _plain(x):
