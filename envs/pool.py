@@ -5,6 +5,9 @@ whole tree); the driver adds a backstop. At most two tasks per CPU slot are in f
 clock starts only once it is among the oldest `slots` unfinished tasks, i.e. when it can actually run, not
 while it queues (TTT-Discover known bug 4). Past the backstop the task is force-cancelled (its worker dies;
 sandboxes die with it via pdeathsig).
+Fast verifiers (a parse and a formula) would spend more on Ray's per-task round trip than on verifying, so
+evaluations go several to a task once their measured mean time is below MIN_TASK_S (still at least two tasks
+per slot per batch); a slow verifier keeps one evaluation per task.
 Infrastructure failures (worker crash, OOM kill of the worker, lost node) are resubmitted a bounded number
 of times; program failures are final. Results are keyed by evaluation id and the first one wins, so a late
 duplicate can never overwrite a result.
@@ -21,6 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 from envs.base import Env, State, VerifyResult, failed
+
+
+MIN_TASK_S = 0.05  # evaluations faster than this on average are grouped into tasks of about this length
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -51,12 +57,17 @@ def _evaluate_one(env: Env, completion: str, state: State) -> VerifyResult:
     return result
 
 
-def _evaluate_keyed(env: Env, job_id: int, completion: str, state: State) -> tuple[int, VerifyResult]:
+def _evaluate_batch(env: Env, jobs: list[tuple[int, str, State]]) -> list[tuple[int, VerifyResult]]:
+    """One Ray task: one or more evaluations, each under its own limits, keyed by evaluation id."""
     import ray
 
-    result = _evaluate_one(env, completion, state)
-    result.extra["ray_node"] = ray.get_runtime_context().get_node_id()  # where it ran, for cluster logs
-    return job_id, result
+    node = ray.get_runtime_context().get_node_id()  # where it ran, for cluster logs
+    out = []
+    for job_id, completion, state in jobs:
+        result = _evaluate_one(env, completion, state)
+        result.extra["ray_node"] = node
+        out.append((job_id, result))
+    return out
 
 
 def _infra_errors() -> tuple[type, ...]:
@@ -97,8 +108,21 @@ class VerifierPool:
             self._env_ref = ray.put(env)
             # SPREAD: verifications are CPU-bound, so use every node of a cluster rather than packing the first
             self._remote = ray.remote(num_cpus=cpus_per_eval, max_retries=0, retry_exceptions=False,
-                                      scheduling_strategy="SPREAD")(_evaluate_keyed)
+                                      scheduling_strategy="SPREAD")(_evaluate_batch)
         self.slots = max(1, int(cpus // cpus_per_eval))
+        self.mean_eval_s: float | None = None  # running mean of one evaluation's wall time
+        self.tasks_submitted = 0  # Ray tasks (an evaluation's retry is a new task)
+
+    def _per_task(self, batch: int) -> int:
+        """Evaluations per task: ~MIN_TASK_S of work, and the batch still spread over two tasks per slot."""
+        if self.mean_eval_s is None:
+            return 1
+        fits = int(MIN_TASK_S / max(self.mean_eval_s, 1e-6))
+        return max(1, min(fits, -(-batch // (2 * self.slots))))
+
+    def _measured(self, result: VerifyResult) -> None:
+        wall = result.wall_s or 0.0
+        self.mean_eval_s = wall if self.mean_eval_s is None else 0.8 * self.mean_eval_s + 0.2 * wall
 
     def _bar(self, n: int):
         show = self.progress if self.progress is not None else n >= self.progress_min
@@ -161,12 +185,18 @@ class VerifierPool:
 
         while queue or pending:
             while queue and len(pending) < 2 * self.slots:  # a spare task per slot hides scheduling gaps
-                i = queue.popleft()
-                if i in results:
+                ids = []
+                while queue and len(ids) < self._per_task(len(completions)):
+                    i = queue.popleft()
+                    if i not in results:
+                        ids.append(i)
+                if not ids:
                     continue
-                attempts[i] += 1
-                ref = self._remote.remote(self._env_ref, i, completions[i], states[i])
-                pending[ref] = [i, None]  # [job id, time its backstop clock started]
+                for i in ids:
+                    attempts[i] += 1
+                ref = self._remote.remote(self._env_ref, [(i, completions[i], states[i]) for i in ids])
+                self.tasks_submitted += 1
+                pending[ref] = [ids, None]  # [evaluation ids, time its backstop clock started]
             now = time.monotonic()
             for k, entry in enumerate(pending.values()):  # the oldest `slots` tasks are the running ones
                 if k >= self.slots:
@@ -176,29 +206,36 @@ class VerifierPool:
             if not ready:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
-                i, _ = pending.pop(ref)
+                ids, _ = pending.pop(ref)
                 try:
-                    job_id, result = ray.get(ref)
-                    record(job_id, result)
+                    for job_id, result in ray.get(ref):
+                        self._measured(result)
+                        record(job_id, result)
                 except TaskCancelledError:
-                    record(i, failed("timeout", "cancelled by the driver"))
+                    for i in ids:
+                        record(i, failed("timeout", "cancelled by the driver"))
                 except infra as e:
-                    if attempts[i] <= self.max_infra_retries:
-                        queue.append(i)  # infrastructure, not the program: try again
-                    else:
-                        record(i, failed("runtime_error", f"infrastructure failure after {attempts[i]} attempts: "
-                                                          f"{type(e).__name__}", extra={"attempts": attempts[i]}))
+                    for i in ids:
+                        if attempts[i] <= self.max_infra_retries:
+                            queue.append(i)  # infrastructure, not the program: try again
+                        else:
+                            record(i, failed("runtime_error", f"infrastructure failure after {attempts[i]} "
+                                                              f"attempts: {type(e).__name__}",
+                                             extra={"attempts": attempts[i]}))
                 except RayTaskError as e:
-                    record(i, failed("runtime_error", f"verification task raised: {str(e)[:300]}"))
-                except Exception as e:  # any other Ray error: final for this answer, never fatal for the batch
-                    record(i, failed("runtime_error", f"Ray error: {type(e).__name__}: {str(e)[:300]}"))
+                    for i in ids:
+                        record(i, failed("runtime_error", f"verification task raised: {str(e)[:300]}"))
+                except Exception as e:  # any other Ray error: final for these answers, never fatal for the batch
+                    for i in ids:
+                        record(i, failed("runtime_error", f"Ray error: {type(e).__name__}: {str(e)[:300]}"))
             now = time.monotonic()
-            for ref, (i, started) in list(pending.items()):
-                if started is not None and now - started > self.backstop_s:
+            for ref, (ids, started) in list(pending.items()):
+                if started is not None and now - started > self.backstop_s * len(ids):
                     ray.cancel(ref, force=True)
                     del pending[ref]
-                    record(i, failed("timeout", f"no result within the driver backstop of {self.backstop_s:g} s; "
-                                                "task force-cancelled"))
+                    for i in ids:
+                        record(i, failed("timeout", f"no result within the driver backstop of "
+                                                    f"{self.backstop_s * len(ids):g} s; task force-cancelled"))
         for i, n in enumerate(attempts):
             results[i].extra.setdefault("attempts", n)
         return [results[i] for i in range(len(completions))]

@@ -129,3 +129,24 @@ def test_on_result_reports_each_evaluation_once_as_it_finishes(backend, local_ra
         completions, [State()] * len(completions), on_result=lambda i, r: seen.append((i, r.status)))
     assert sorted(seen) == sorted(enumerate(r.status for r in results))  # every job once, with its own result
     assert [r.status for r in results] == ["ok", "format_error", "ok", "invalid", "invalid"]
+
+
+def test_fast_evaluations_share_ray_tasks_and_slow_ones_do_not(local_ray):
+    from envs.toy_digits import ToyDigitsEnv
+
+    completions = [str(1000 + i) for i in range(120)] + ["x", "00"]
+    states = [State()] * len(completions)
+    expected = VerifierPool(ToyDigitsEnv(length=4), backend="local").evaluate(completions, states)
+    fast = VerifierPool(ToyDigitsEnv(length=4), backend="ray", num_cpus=2)
+    seen = []
+    results = fast.evaluate(completions, states, on_result=lambda i, r: seen.append(i))
+    assert [(r.status, r.reward) for r in results] == [(r.status, r.reward) for r in expected]
+    assert sorted(seen) == list(range(len(completions)))  # each evaluation reported once
+    first = fast.tasks_submitted
+    assert first < len(completions)  # grouped once the first results showed they take microseconds
+    fast.evaluate(completions, states)
+    assert fast.tasks_submitted - first <= 2 * fast.slots * 2  # measured: the next batch starts grouped
+    slow = VerifierPool(ToyDigitsEnv(length=4, verify_delay_s=0.08), backend="ray", num_cpus=2)
+    slow.evaluate(completions[:6], states[:6])
+    slow.evaluate(completions[:6], states[:6])
+    assert slow.tasks_submitted == 12  # above MIN_TASK_S: one evaluation per task
