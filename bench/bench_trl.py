@@ -40,8 +40,9 @@ machine that other jobs share, every OpenMP parallel region waits for a deschedu
 model runs thousands of small ones: steps then take 3-5x longer and vary from step to step, most of all in
 TRL, whose generation and training all run in this process. --threads 0 measures that case.
 
-A diagnostic follows the table: the vLLM sampling of one step's rollouts as our loop issues it (one request
-per group, serialised by the shared sampling pool) against one batched call, on the same engine.
+A diagnostic follows the table: the vLLM sampling of one step's rollouts as one batched call (what the shared
+sampling pool makes of the loop's G concurrent requests) against G serial calls, with and without the LoRA
+adapter, on the same engine.
 """
 
 from __future__ import annotations
@@ -271,9 +272,9 @@ def run_trl(args: Args, mode: str, out: Path, _samplers: dict) -> tuple[list[dic
 
 
 def sampling_diagnostic(args: Args, sampler, repeats: int = 5) -> list[tuple[str, float]]:
-    """Our loop submits one sample request per group and the shared sampling pool serialises them: the
-    engine sees `groups` calls of n=group_size, with the newest LoRA adapter. The same rollouts as one
-    batched call, and both without the adapter (the base model), for comparison."""
+    """Our loop submits one sample request per group at once and the shared sampling pool coalesces them
+    into one engine call. That call against `groups` serial calls of n=group_size, with the newest LoRA
+    adapter and without it (the base model)."""
     from inference.types import SamplingParams
     from trainer.rollouts import render_prompt
 
@@ -288,8 +289,8 @@ def sampling_diagnostic(args: Args, sampler, repeats: int = 5) -> list[tuple[str
     def batched(version):
         return lambda i: sampler.sample([prompt] * G, K, params, [i * 100 + g for g in range(G)], version=version)
 
-    ways = {f"{G} serial calls of 1 prompt x n={K}, LoRA adapter (as our loop)": serial("current"),
-            f"1 call of {G} prompts x n={K}, LoRA adapter": batched("current"),
+    ways = {f"{G} serial calls of 1 prompt x n={K}, LoRA adapter (our loop before coalescing)": serial("current"),
+            f"1 call of {G} prompts x n={K}, LoRA adapter (our loop)": batched("current"),
             f"{G} serial calls of 1 prompt x n={K}, base model": serial(None),
             f"1 call of {G} prompts x n={K}, base model": batched(None)}
     times = {name: [] for name in ways}
