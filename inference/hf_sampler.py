@@ -29,7 +29,7 @@ class HFSampler:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
         self.device, self.max_model_len = device, max_model_len
-        self.merge_lora = dtype == torch.float32 if merge_lora is None else merge_lora
+        self.merge_lora = self.base.dtype == torch.float32 if merge_lora is None else merge_lora
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         self.version: int | None = None

@@ -39,7 +39,7 @@ def find_groups(tokens: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_TO
     """Datums that share at least `min_shared` leading tokens; every datum is in exactly one group (a datum
     that shares nothing is a group of one, with S = its length - 1). In sorted order, neighbours with the
     longest common prefixes sit next to each other, so one scan finds the groups."""
-    order = sorted(range(len(tokens)), key=lambda i: tuple(tokens[i]))
+    order = sorted(range(len(tokens)), key=lambda i: list(tokens[i]))  # lexicographic
     groups: list[PrefixGroup] = []
     for i in order:
         if groups:
