@@ -1,6 +1,7 @@
 """Shared-prefix passes: groups found and planned as hand-worked examples say, and forward_backward with
 sharing equals it without (loss, logprobs, gradients) for every loss, mixed prompt lengths, lone datums,
-members whose prefix targets differ, top-K cross-entropy, and groups split by a small token budget."""
+members whose prefix targets differ, top-K cross-entropy, groups split by a small token budget, and under
+gradient checkpointing (which replays the layers that hold the prefix's KV cache)."""
 
 import pytest
 import torch
@@ -37,6 +38,9 @@ def test_plan_shared_by_hand():
     passes = plan_shared([g, lone], lengths, 40)
     assert sorted(sorted(m for x in p for m in x.members) for p in passes) == [[0, 1], [2], [3]]
     assert all(pass_cost(p, lengths) <= 40 for p in passes)
+    # the prefix's KV repeated for 3 members at 0.5 tokens a position: 50 + 0.5 x 3 x 20
+    assert pass_cost([g], lengths, kv_ratio=0.5) == 80
+    assert [[x.members for x in p] for p in plan_shared([g], lengths, 79, kv_ratio=0.5)] == [[[0, 1]], [[2]]]
 
 
 def _datum(tokens, loss_fn, g, prompt_len, top_k=False):
@@ -83,22 +87,24 @@ def learners(tiny_model_path):
     make = lambda sharing, budget=8192: LoRALearner(  # noqa: E731 - same seed: same LoRA init
         tiny_model_path, LoraSpec(rank=4, seed=3), prefix_sharing=sharing, micro_batch_tokens=budget)
     plain, shared, small = make(False), make(True), make(True, budget=48)
-    with torch.no_grad():  # B starts at 0: make the adapter matter, identically in all three
-        for learner in (plain, shared, small):
+    checkpointed = LoRALearner(tiny_model_path, LoraSpec(rank=4, seed=3), prefix_sharing=True,
+                               gradient_checkpointing=True)
+    with torch.no_grad():  # B starts at 0: make the adapter matter, identically in all of them
+        for learner in (plain, shared, small, checkpointed):
             for name, p in learner.model.named_parameters():
                 if "lora_B" in name:
                     p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
-    return plain, shared, small
+    return plain, shared, small, checkpointed
 
 
 @pytest.mark.parametrize("loss_fn,top_k", [("importance_sampling", False), ("ppo", False), ("cispo", False),
                                            ("dro", False), ("cross_entropy", False), ("cross_entropy", True)])
 def test_shared_prefix_passes_equal_plain_passes(learners, loss_fn, top_k):
-    plain, shared, small = learners
+    plain, shared, small, checkpointed = learners
     data = _data(loss_fn, top_k)
     assert shared._prefix_plan([list(d.model_input.to_ints()) for d in data]) is not None
     reference, reference_grads = _step(plain, data, loss_fn)
-    for learner in (shared, small):
+    for learner in (shared, small, checkpointed):  # checkpointing replays layers that hold the prefix cache
         out, grads = _step(learner, data, loss_fn)
         assert out["metrics"]["loss:sum"] == pytest.approx(reference["metrics"]["loss:sum"], rel=1e-5, abs=1e-5)
         for a, b in zip(out["loss_fn_outputs"], reference["loss_fn_outputs"]):
@@ -110,7 +116,18 @@ def test_shared_prefix_passes_equal_plain_passes(learners, loss_fn, top_k):
 
 
 def test_prefix_sharing_refuses_what_it_cannot_do(tiny_model_path):
-    with pytest.raises(ValueError, match="prefix_sharing needs .* gradient_checkpointing"):
-        LoRALearner(tiny_model_path, LoraSpec(rank=4), prefix_sharing=True, gradient_checkpointing=True)
-    auto = LoRALearner(tiny_model_path, LoraSpec(rank=4), gradient_checkpointing=True)
-    assert auto.prefix_sharing is False
+    with pytest.raises(ValueError, match="prefix_sharing needs .* no packing"):
+        LoRALearner(tiny_model_path, LoraSpec(rank=4), prefix_sharing=True, packing=True)
+    assert LoRALearner(tiny_model_path, LoraSpec(rank=4), packing=True).prefix_sharing is False  # auto: off
+    assert LoRALearner(tiny_model_path, LoraSpec(rank=4), gradient_checkpointing=True).prefix_sharing is True
+
+
+def test_kv_ratio_from_configs():
+    from types import SimpleNamespace
+
+    from trainer.learner_prefix import kv_ratio
+
+    tiny = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, hidden_size=128)  # head_dim 32
+    assert kv_ratio(tiny) == 1.0
+    qwen3_4b = SimpleNamespace(num_attention_heads=32, num_key_value_heads=8, hidden_size=2560, head_dim=128)
+    assert kv_ratio(qwen3_4b) == 0.8

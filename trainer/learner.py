@@ -17,7 +17,8 @@ from trainer import distributed, learner_state
 from trainer.learner_custom import run_custom_loss
 from trainer.learner_inputs import PreparedDatum, fields_for, plan_micro_batches, prepare_data, shard_by_tokens
 from trainer.learner_logprobs import LM_HEAD_MODEL_TYPES, PACKABLE_MODEL_TYPES, batch_logprobs, shared_prefix_logprobs
-from trainer.learner_prefix import PrefixGroup, find_groups, plan_shared
+from trainer.learner_prefix import (PrefixGroup, allow_cache_under_checkpointing, find_groups, kv_ratio,
+                                    plan_shared)
 from trainer.losses import check_loss, rows_with_gradient, token_loss_sum
 
 ATTN_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -85,7 +86,8 @@ class LoRALearner:
         there packing costs O(pass^2) and padded micro-batches are several times faster (bench_trl: 2.5 -> 0.7 s).
 
         `prefix_sharing`: datums that start with the same tokens (a group's prompt) run that prefix once per pass
-        (learner_prefix.py); None = wherever it is supported (see below), which is exact up to float rounding.
+        (learner_prefix.py); None = wherever it is supported (a chunked-lm_head model type, no packing, no
+        ZeRO-3; with or without gradient checkpointing), which is exact up to float rounding.
 
         `micro_batch_tokens`: the token budget of one forward/backward pass (packed: the sum of the datums'
         lengths; padded: rows x the longest). Datums are grouped under it, a datum longer than it gets a pass
@@ -129,14 +131,16 @@ class LoRALearner:
         chunked = base_model.config.model_type in LM_HEAD_MODEL_TYPES and distributed.zero_stage(self.engine) < 3
         self.lm_head = self.model.get_output_embeddings() if chunked else None
         self.decoder = self.model.get_base_model().get_decoder() if chunked else None
-        # Shared-prefix passes need the decoder's KV cache during training, which HF's gradient checkpointing
-        # turns off, and the hidden-state path of the chunked lm_head; packing already removes the padding.
-        supported = chunked and not gradient_checkpointing and not self.packing
+        # Shared-prefix passes read the decoder's hidden states (the chunked lm_head's path) and carry a KV cache
+        # through training; packing already removes the padding they would save.
+        supported = chunked and not self.packing
         if prefix_sharing and not supported:
             raise ValueError("prefix_sharing needs a chunked-lm_head model type "
-                             f"({sorted(LM_HEAD_MODEL_TYPES)}), no ZeRO-3, no gradient_checkpointing and no "
-                             "packing: turn one of them off, or leave prefix_sharing unset (auto)")
+                             f"({sorted(LM_HEAD_MODEL_TYPES)}), no ZeRO-3 and no packing: turn one of them off, "
+                             "or leave prefix_sharing unset (auto)")
         self.prefix_sharing = supported if prefix_sharing is None else prefix_sharing
+        if self.prefix_sharing and gradient_checkpointing:
+            allow_cache_under_checkpointing(self.model)
         self.steps = 0
 
     # -- compute --------------------------------------------------------------------------------------
@@ -213,7 +217,7 @@ class LoRALearner:
         groups = find_groups(tokens)
         if all(len(g.members) == 1 for g in groups):
             return None
-        return plan_shared(groups, [len(t) for t in tokens], self.micro_batch_tokens)
+        return plan_shared(groups, [len(t) for t in tokens], self.micro_batch_tokens, kv_ratio(self.model_config))
 
     def _backward(self, loss: torch.Tensor, world: int) -> None:
         if self.engine is None:

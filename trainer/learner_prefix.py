@@ -13,6 +13,7 @@ too when the members' targets agree there; position S-1 predicts the first suffi
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -54,33 +55,82 @@ def find_groups(tokens: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_TO
     return groups
 
 
-def pass_cost(groups: Sequence[PrefixGroup], lengths: Sequence[int]) -> int:
-    """Tokens of the two calls as padded: groups x the longest prefix + members x the longest suffix."""
+def pass_cost(groups: Sequence[PrefixGroup], lengths: Sequence[int], kv_ratio: float = 0.0) -> float:
+    """Tokens of the two calls as padded (groups x the longest prefix + members x the longest suffix), plus the
+    prefix KV repeated for every member, counted as `kv_ratio` tokens per position (2 x KV width / hidden
+    width: what one position of K and V holds against the one hidden state a checkpointed layer keeps)."""
     prefix = max(g.shared for g in groups)
     suffix = max(lengths[i] - g.shared for g in groups for i in g.members)
-    return len(groups) * prefix + sum(len(g.members) for g in groups) * suffix
+    members = sum(len(g.members) for g in groups)
+    return len(groups) * prefix + members * suffix + kv_ratio * members * prefix
 
 
-def plan_shared(groups: Sequence[PrefixGroup], lengths: Sequence[int], budget: int) -> list[list[PrefixGroup]]:
-    """Passes of at most `budget` padded tokens: a group too big for one pass is split into member chunks
-    (each chunk runs the prefix again); groups fill passes first-fit, biggest first."""
+def plan_shared(groups: Sequence[PrefixGroup], lengths: Sequence[int], budget: int,
+                kv_ratio: float = 0.0) -> list[list[PrefixGroup]]:
+    """Passes that cost at most `budget` (pass_cost): a group too big for one pass is split into member
+    chunks (each chunk runs the prefix again); groups fill passes first-fit, biggest first."""
+    cost = lambda gs: pass_cost(gs, lengths, kv_ratio)  # noqa: E731
     pieces: list[PrefixGroup] = []
     for g in groups:
         chunk: list[int] = []
         for i in sorted(g.members, key=lambda j: -lengths[j]):
-            if chunk and pass_cost([PrefixGroup(chunk + [i], g.shared)], lengths) > budget:
+            if chunk and cost([PrefixGroup(chunk + [i], g.shared)]) > budget:
                 pieces.append(PrefixGroup(chunk, g.shared))
                 chunk = []
             chunk.append(i)
         pieces.append(PrefixGroup(chunk, g.shared))
     passes: list[list[PrefixGroup]] = []
-    for piece in sorted(pieces, key=lambda g: -pass_cost([g], lengths)):
-        fit = next((p for p in passes if pass_cost(p + [piece], lengths) <= budget), None)
+    for piece in sorted(pieces, key=lambda g: -cost([g])):
+        fit = next((p for p in passes if cost(p + [piece]) <= budget), None)
         if fit is None:
             passes.append([piece])
         else:
             fit.append(piece)
     return passes
+
+
+def _prefix_cache():
+    """A KV cache for the two calls of a shared-prefix pass that gives the same answers when gradient
+    checkpointing replays a layer in backward: the prefix call stores each layer's K/V once (a replay does
+    not store it again), `share(index)` gives a second cache with it repeated for the members, and the
+    suffix call reads that one without storing its own K/V. So the layers may keep the cache under checkpointing (_can_checkpoint_with_cache)."""
+    from transformers import DynamicCache
+
+    class PrefixCache(DynamicCache):
+        reading = False
+        written: set
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            if self.reading:
+                layer = self.layers[layer_idx]
+                return torch.cat([layer.keys, key_states], -2), torch.cat([layer.values, value_states], -2)
+            if layer_idx in self.written:  # checkpointing replays the prefix layer in backward
+                return key_states, value_states
+            self.written.add(layer_idx)
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+        def share(self, index: torch.Tensor) -> "PrefixCache":
+            """The suffix call's cache: the prefix rows repeated for the members, read-only. A new object,
+            so that a replay of the prefix call in backward still finds this one writing (and storing
+            nothing twice)."""
+            reader = copy.copy(self)
+            reader.reading = True
+            reader.batch_select_indices(index)  # a differentiable gather: members' gradients add up
+            return reader
+
+    cache = PrefixCache()
+    cache.written = set()
+    return cache
+
+
+def allow_cache_under_checkpointing(model: torch.nn.Module) -> None:
+    """HF's checkpointed layers drop a KV cache in training, because replaying a writer would store its K/V
+    twice; the prefix cache above is replay-safe, and plain passes use no cache at all."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module._can_checkpoint_with_cache = True
 
 
 def shared_prefix_hidden(call_model: Callable[..., torch.Tensor], tokens: Sequence[Sequence[int]],
@@ -91,8 +141,6 @@ def shared_prefix_hidden(call_model: Callable[..., torch.Tensor], tokens: Sequen
     Returns (hidden_R_H, index per member): a member's full (N, H) hidden = hidden_R_H[cat(prefix index of
     its group, its index)]; see `member_rows`.
     """
-    from transformers import DynamicCache
-
     P = len(groups)
     width = max(g.shared for g in groups)
     ids_PL = torch.zeros(P, width, dtype=torch.long)
@@ -101,13 +149,13 @@ def shared_prefix_hidden(call_model: Callable[..., torch.Tensor], tokens: Sequen
         ids_PL[p, width - g.shared:] = torch.tensor(list(tokens[g.members[0]][:g.shared]))
         mask_PL[p, width - g.shared:] = 1
     positions_PL = (mask_PL.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
+    cache = _prefix_cache()
     hidden_PLH = call_model(input_ids=ids_PL.to(device), attention_mask=mask_PL.to(device),
                             position_ids=positions_PL.to(device), past_key_values=cache, use_cache=True)
 
     members = [(p, i) for p, g in enumerate(groups) for i in g.members]
     repeat_B = torch.tensor([p for p, _ in members], device=device)
-    cache.batch_select_indices(repeat_B)  # a differentiable gather: members' gradients add up in the prefix
+    cache = cache.share(repeat_B)
     suffixes = [list(tokens[i][groups[p].shared:]) for p, i in members]
     swidth = max(len(s) for s in suffixes)
     ids_BW = torch.zeros(len(members), swidth, dtype=torch.long)
@@ -129,3 +177,10 @@ def shared_prefix_hidden(call_model: Callable[..., torch.Tensor], tokens: Sequen
                               P * width + b * swidth + torch.arange(n_suffix)]))
     prefix_rows = [p * width + width - g.shared + torch.arange(g.shared - 1) for p, g in enumerate(groups)]
     return hidden_R_H, prefix_rows, own
+
+
+def kv_ratio(config) -> float:
+    """2 x the KV width over the hidden width, from a transformers config (see pass_cost)."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * getattr(config, "num_key_value_heads", heads) * head_dim / config.hidden_size
