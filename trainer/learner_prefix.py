@@ -151,7 +151,7 @@ def shared_prefix_hidden(call_model: Callable[..., torch.Tensor], tokens: Sequen
     positions_PL = (mask_PL.cumsum(-1) - 1).clamp(min=0)
     cache = _prefix_cache()
     hidden_PLH = call_model(input_ids=ids_PL.to(device), attention_mask=mask_PL.to(device),
-                            position_ids=positions_PL.to(device), past_key_values=cache, use_cache=True)
+                            position_ids=positions_PL.to(device), past_key_values=cache)
 
     members = [(p, i) for p, g in enumerate(groups) for i in g.members]
     repeat_B = torch.tensor([p for p, _ in members], device=device)
@@ -167,7 +167,7 @@ def shared_prefix_hidden(call_model: Callable[..., torch.Tensor], tokens: Sequen
     hidden_BWH = call_model(input_ids=ids_BW.to(device),
                             attention_mask=torch.cat([mask_PL[repeat_B.cpu()], mask_BW], 1).to(device),
                             position_ids=(start_B1 + torch.arange(swidth)[None]).to(device),
-                            past_key_values=cache, use_cache=True)
+                            past_key_values=cache)
     H = hidden_PLH.shape[-1]
     hidden_R_H = torch.cat([hidden_PLH.reshape(-1, H), hidden_BWH.reshape(-1, H)])
     own = []
