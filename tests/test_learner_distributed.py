@@ -33,15 +33,29 @@ def launch(stage: int, model: str, out: Path) -> list[dict]:
     return json.loads(lines[0].split(" ", 1)[1])  # rank 0 gathered every rank's report
 
 
-@pytest.fixture(scope="module")
-def single_process(tiny_model_path, tmp_path_factory):
-    """The same schedule in this process, without DeepSpeed."""
-    out = tmp_path_factory.mktemp("single")
-    learner = LoRALearner(tiny_model_path, LoraSpec(rank=4, seed=7), micro_batch_tokens=24, use_deepspeed=False)
+def _single(tiny_model_path, out, prefix_sharing):
+    learner = LoRALearner(tiny_model_path, LoraSpec(rank=4, seed=7), micro_batch_tokens=24, use_deepspeed=False,
+                          prefix_sharing=prefix_sharing)
     return ds_check.run_schedule(learner, out), out
 
 
-def close(a: float, b: float, rel: float = 1e-5) -> bool:
+@pytest.fixture(scope="module")
+def single_process(tiny_model_path, tmp_path_factory):
+    """The same schedule in this process, without DeepSpeed, with shared-prefix passes as ZeRO-2 runs them
+    (ds_check's datums share a 20-token prompt; each rank gets whole groups where it can)."""
+    return _single(tiny_model_path, tmp_path_factory.mktemp("single"), prefix_sharing=None)
+
+
+@pytest.fixture(scope="module")
+def single_process_plain(tiny_model_path, tmp_path_factory):
+    """The same with plain passes, as ZeRO-3 runs them (no chunked lm_head there, so no prefix sharing)."""
+    return _single(tiny_model_path, tmp_path_factory.mktemp("single_plain"), prefix_sharing=False)
+
+
+def close(a: float, b: float, rel: float = 1e-4) -> bool:
+    """fp32 rounding: the loss sums terms of both signs (the advantages alternate), so the error of another
+    summation order (shards, micro-batches, ZeRO-3 gathers) is relative to the terms, not to the small total:
+    ZeRO-3 and one process differ by 2e-5 of the loss here."""
     return abs(a - b) <= rel * max(abs(a), abs(b), 1.0)
 
 
@@ -82,7 +96,7 @@ def test_zero2_two_ranks_match_a_single_process(tiny_model_path, single_process,
 
 
 @pytest.mark.slow
-def test_zero3_two_ranks_match_a_single_process(tiny_model_path, single_process, tmp_path):
+def test_zero3_two_ranks_match_a_single_process(tiny_model_path, single_process_plain, tmp_path):
     reports = launch(3, tiny_model_path, tmp_path)
     assert reports[0]["zero_stage"] == 3
-    check_against_single_process(reports, single_process, tmp_path, tiny_model_path)
+    check_against_single_process(reports, single_process_plain, tmp_path, tiny_model_path)

@@ -8,7 +8,7 @@ import torch
 from tinker import types
 
 from trainer.learner import LoRALearner, LoraSpec
-from trainer.learner_prefix import PrefixGroup, find_groups, pass_cost, plan_shared
+from trainer.learner_prefix import PrefixGroup, find_groups, pass_cost, plan_shared, shard_groups
 
 P1 = list(range(100, 120))  # 20 tokens
 P2 = list(range(300, 317))  # 17 tokens
@@ -131,3 +131,17 @@ def test_kv_ratio_from_configs():
     assert kv_ratio(tiny) == 1.0
     qwen3_4b = SimpleNamespace(num_attention_heads=32, num_key_value_heads=8, hidden_size=2560, head_dim=128)
     assert kv_ratio(qwen3_4b) == 0.8
+
+
+def test_shard_groups_keeps_groups_whole_where_the_balance_allows():
+    lengths = [10] * 8 + [10] * 8
+    groups = [PrefixGroup(list(range(8)), 5), PrefixGroup(list(range(8, 16)), 5)]
+    assert shard_groups(groups, lengths, 2) == [list(range(8)), list(range(8, 16))]  # one group per rank
+    # one group on two ranks: split round-robin, 4 and 4
+    assert shard_groups(groups[:1], lengths[:8], 2) == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    # eight small groups on two ranks: four whole groups each
+    small = [PrefixGroup([2 * g, 2 * g + 1], 5) for g in range(8)]
+    shards = shard_groups(small, lengths, 2)
+    assert sorted(len(s) for s in shards) == [8, 8]
+    assert all({2 * g, 2 * g + 1} <= set(s) or not ({2 * g, 2 * g + 1} & set(s)) for s in shards for g in range(8))
+    assert shard_groups([PrefixGroup([0], 3)], [4], 3) == [[0], [], []]  # more ranks than datums: the others idle

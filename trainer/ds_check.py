@@ -21,7 +21,7 @@ import tinker
 
 from trainer.datums import rollout_datum
 
-PROMPT = [1, 87, 85, 71, 84, 201, 2, 1]
+PROMPT = [1, 87, 85, 71, 84, 201, 2, 1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51]  # shared: prefix passes
 STEPS = 3
 SAVE_AFTER = 2  # save_state after this many steps; step SAVE_AFTER + 1 is redone after load_state
 ADAM = tinker.AdamParams(learning_rate=5e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.01,

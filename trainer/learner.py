@@ -18,7 +18,7 @@ from trainer.learner_custom import run_custom_loss
 from trainer.learner_inputs import PreparedDatum, fields_for, plan_micro_batches, prepare_data, shard_by_tokens
 from trainer.learner_logprobs import LM_HEAD_MODEL_TYPES, PACKABLE_MODEL_TYPES, batch_logprobs, shared_prefix_logprobs
 from trainer.learner_prefix import (PrefixGroup, allow_cache_under_checkpointing, find_groups, kv_ratio,
-                                    plan_shared)
+                                    plan_shared, shard_groups)
 from trainer.losses import check_loss, rows_with_gradient, token_loss_sum
 
 ATTN_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -171,7 +171,7 @@ class LoRALearner:
         """
         lengths = [len(d.tokens) for d in prepared]
         world = distributed.world_size() if self.engine is not None else 1
-        mine = shard_by_tokens(lengths, world)[distributed.rank()] if world > 1 else list(range(len(prepared)))
+        mine = self._shard(prepared, world) if world > 1 else list(range(len(prepared)))
         shared = self._prefix_plan([prepared[i].tokens for i in mine])
         if shared is not None:  # passes of prefix groups; a pass's datums are its groups' members, in order
             plan = [[mine[i] for g in groups for i in g.members] for groups in shared]
@@ -208,6 +208,15 @@ class LoRALearner:
             for part in distributed.all_gather_objects(logprobs):
                 logprobs.update(part)
         return [logprobs[i] for i in range(len(prepared))], total
+
+    def _shard(self, prepared: list[PreparedDatum], world: int) -> list[int]:
+        """This rank's datums: whole prefix groups where sharing is on (a group split over ranks runs its
+        prefix on each of them), else a token-balanced share."""
+        tokens = [d.tokens for d in prepared]
+        lengths = [len(t) for t in tokens]
+        if self.prefix_sharing and all(n >= 2 for n in lengths):
+            return shard_groups(find_groups(tokens), lengths, world)[distributed.rank()]
+        return shard_by_tokens(lengths, world)[distributed.rank()]
 
     def _prefix_plan(self, tokens: list[list[int]]) -> list[list[PrefixGroup]] | None:
         """Shared-prefix passes over these datums (indices into `tokens`), or None for plain passes: when

@@ -14,6 +14,7 @@ too when the members' targets agree there; position S-1 predicts the first suffi
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -131,6 +132,25 @@ def allow_cache_under_checkpointing(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
             module._can_checkpoint_with_cache = True
+
+
+def shard_groups(groups: Sequence[PrefixGroup], lengths: Sequence[int], world_size: int) -> list[list[int]]:
+    """Datum indices per rank that keep prefix groups whole where the balance allows: a group bigger than a
+    rank's fair share of tokens is split round-robin into that many pieces (each piece runs the prefix on its
+    rank), then pieces go biggest first onto the least loaded rank. Every rank computes the same split."""
+    fair = sum(lengths) / world_size
+    pieces = []
+    for g in groups:
+        members = sorted(g.members)
+        n = min(len(members), max(1, math.ceil(sum(lengths[i] for i in members) / fair)))
+        pieces += [members[c::n] for c in range(n)]
+    shards: list[list[int]] = [[] for _ in range(world_size)]
+    load = [0] * world_size
+    for piece in sorted(pieces, key=lambda p: (-sum(lengths[i] for i in p), p[0])):
+        r = min(range(world_size), key=lambda k: (load[k], k))
+        shards[r] += piece
+        load[r] += sum(lengths[i] for i in piece)
+    return [sorted(s) for s in shards]
 
 
 def shared_prefix_hidden(call_model: Callable[..., torch.Tensor], tokens: Sequence[Sequence[int]],
