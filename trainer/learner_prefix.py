@@ -154,12 +154,12 @@ def shard_groups(groups: Sequence[PrefixGroup], lengths: Sequence[int], world_si
 
 
 def shared_prefix_hidden(call_model: Callable[..., torch.Tensor], tokens: Sequence[Sequence[int]],
-                         groups: Sequence[PrefixGroup], device) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The decoder's last hidden states for a pass: (prefix rows of every group, flattened) and per member
-    (in group order) the rows of its own positions S-1 .. N-1 as indices into one (R, H) tensor.
-
-    Returns (hidden_R_H, index per member): a member's full (N, H) hidden = hidden_R_H[cat(prefix index of
-    its group, its index)]; see `member_rows`.
+                         groups: Sequence[PrefixGroup], device
+                         ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """The decoder's last hidden states of one pass as (hidden_R_H, prefix_rows, own_rows): all rows of both
+    calls in one (R, H) tensor; per group, the row indices of its prefix positions 0..S-2; per member (in
+    group order), the row indices of its own positions S-1..N-1. A member's (N, H) hidden states are
+    hidden_R_H[cat(prefix_rows[its group], own_rows[it])].
     """
     P = len(groups)
     width = max(g.shared for g in groups)
