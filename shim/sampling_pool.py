@@ -17,8 +17,8 @@ from typing import Sequence
 from inference.types import SampledSequence, SamplingParams
 
 
-SETTLE_S = 0.002  # a quiet gap this long ends the wait for more requests to join a batch
-SETTLE_MAX_S = 0.02
+SETTLE_S = 0.005  # a quiet gap this long ends the wait for more requests to join a batch
+SETTLE_MAX_S = 0.05
 
 
 @dataclass

@@ -145,3 +145,4 @@ def test_shard_groups_keeps_groups_whole_where_the_balance_allows():
     assert sorted(len(s) for s in shards) == [8, 8]
     assert all({2 * g, 2 * g + 1} <= set(s) or not ({2 * g, 2 * g + 1} & set(s)) for s in shards for g in range(8))
     assert shard_groups([PrefixGroup([0], 3)], [4], 3) == [[0], [], []]  # more ranks than datums: the others idle
+

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
+from tests.run_compare import assert_same_records, assert_same_tensors
 from trainer.checkpoint import read_checkpoint
 from trainer.report import read_jsonl
 
@@ -50,12 +50,9 @@ def _lines(path: Path, step: int) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.endswith("}") and f'"step": {step},' in line)
 
 
-def _without_timings(records):
-    return [{k: v for k, v in r.items() if not k.startswith("t_")} for r in records]
-
 
 def _same_run(a: Path, b: Path) -> None:
-    assert _without_timings(read_jsonl(a / "metrics.jsonl")) == _without_timings(read_jsonl(b / "metrics.jsonl"))
+    assert_same_records(read_jsonl(a / "metrics.jsonl"), read_jsonl(b / "metrics.jsonl"))  # tests/run_compare.py
     state_a, state_b = read_checkpoint(a), read_checkpoint(b)
     for key in ("step", "version", "best", "buffers", "curriculum", "groups"):
         assert state_a[key] == state_b[key], key
@@ -66,7 +63,7 @@ def _same_run(a: Path, b: Path) -> None:
     for name in ("adapter/adapter_model.safetensors", "state.safetensors"):  # adapter, and Adam's moments
         ta = load_file(str(Path(state_a["local_training_dir"]) / name))
         tb = load_file(str(Path(state_b["local_training_dir"]) / name))
-        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), name
+        assert_same_tensors(ta, tb, name)
     def rollouts(run):  # each rollout exactly once, equal but for its verification wall time
         records = [{k: v for k, v in r.items() if k != "wall_s"} for r in read_jsonl(run / "rollouts.jsonl")]
         return sorted(records, key=lambda r: (r["step"], r["index"]))

@@ -200,7 +200,7 @@ def shared_prefix_logprobs(call_model: Callable[..., torch.Tensor], batch: list[
             index[i] = torch.cat([shared_at, torch.arange(count, count + len(mine))]) if agree else \
                 torch.arange(count, count + len(mine))
             count += len(mine)
-    rows_T_H = hidden_R_H[torch.cat(rows).to(device)]
+    rows_T_H = hidden_R_H.index_select(0, torch.cat(rows).to(device))  # deterministic backward (see PrefixCache)
     targets_T_K = torch.cat(targets).to(device)
     if grad_rows is not None and torch.is_grad_enabled():
         lp_T_K = _split_by_gradient(lm_head, rows_T_H, targets_T_K, torch.cat(needs).to(device))
@@ -209,6 +209,6 @@ def shared_prefix_logprobs(call_model: Callable[..., torch.Tensor], batch: list[
     out = []
     for i, d in enumerate(batch):
         t = d.inputs["target_tokens"]
-        lp = lp_T_K[index[i].to(device)]
+        lp = lp_T_K.index_select(0, index[i].to(device))
         out.append(lp[:, : t.shape[1]] if t.dim() == 2 else lp[:, 0])
     return out

@@ -116,7 +116,10 @@ def _prefix_cache():
             nothing twice)."""
             reader = copy.copy(self)
             reader.reading = True
-            reader.batch_select_indices(index)  # a differentiable gather: members' gradients add up
+            reader.layers = [copy.copy(layer) for layer in self.layers]
+            for layer in reader.layers:  # index_select: its backward (index_add) sums the members' gradients
+                layer.keys = layer.keys.index_select(0, index)  # in a fixed order; advanced indexing's
+                layer.values = layer.values.index_select(0, index)  # parallel atomic adds on CPU do not
             return reader
 
     cache = PrefixCache()

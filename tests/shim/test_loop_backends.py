@@ -3,9 +3,9 @@ against `ttt serve`): equal samples, rewards, losses, buffers and trained weight
 
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
+from tests.run_compare import assert_same_records, assert_same_tensors
 from tests.shim.conftest import API_KEY
 from trainer.checkpoint import read_checkpoint
 from trainer.config import compose
@@ -16,9 +16,6 @@ ARGS = ["+experiment=demo", "steps=3", "groups=2", "group_size=4", "max_tokens=8
         "verifier_backend=local", "wandb_mode=disabled", "progress=false"]
 
 
-def _without_timings(records):
-    return [{k: v for k, v in r.items() if not k.startswith("t_")} for r in records]
-
 
 def test_loop_on_local_and_on_ttt_serve_gives_equal_results(tiny_model_path, hf_server, hf_engine, tmp_path):
     from inference.hf_sampler import HFSampler
@@ -28,7 +25,7 @@ def test_loop_on_local_and_on_ttt_serve_gives_equal_results(tiny_model_path, hf_
     served = run(compose([*ARGS, f"out={tmp_path / 'served'}", "backend=tinker", f"base_url={hf_server.url}",
                           f"api_key={API_KEY}"]), log=lambda *_: None)
     assert len(local) == len(served) == 3
-    assert _without_timings(local) == _without_timings(served)
+    assert_same_records(local, served)  # floats to rounding: see tests/run_compare.py
     def texts(run_dir):  # the log is in verification-finish order
         return [r["text"] for r in sorted(read_jsonl(run_dir / "rollouts.jsonl"), key=lambda r: (r["step"], r["index"]))]
 
@@ -40,4 +37,4 @@ def test_loop_on_local_and_on_ttt_serve_gives_equal_results(tiny_model_path, hf_
     for name in ("adapter/adapter_model.safetensors", "state.safetensors"):
         a = load_file(str(Path(state_local["local_training_dir"]) / name))
         b = load_file(str(served_dir / name))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+        assert_same_tensors(a, b, name)
