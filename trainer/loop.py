@@ -27,6 +27,7 @@ from envs.base import State, VerifyResult
 from envs.pool import VerifierPool
 from trainer import distributed, rank_sync
 from trainer import metrics as M
+from trainer import report
 from trainer.advantages import compute_advantages
 from trainer.checkpoint import Checkpoints, RolloutLog, restore_rng, rng_states, truncate_metrics
 from trainer.config import TrainConfig, to_dict
@@ -127,7 +128,7 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
         probe_tokens = _probe_tokens(cfg, tokenizer, instances[0])
         _check_probe(cfg, training, sampling, probe_tokens, version, log)
 
-    log(M.table_header())
+    log(report.table_header())
     for step in range(start, cfg.steps):
         step_rng_state = rng_states(rng)  # the state a preemption checkpoint of step-1 must hold
 
@@ -206,7 +207,7 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
         records.append(record)
         M.append_record(out, record)
         wandb.log(record)
-        log(M.table_row(record))
+        log(report.table_row(record))
         if stop["set"]:
             raise Preempted(f"SIGTERM: stopped after step {step}, checkpointed; rerun with resume=true")
 

@@ -1,6 +1,7 @@
 """Each step's numbers (valid and format rates, frac_mixed, rewards, best-so-far, buffer, beta, tokens, time
-split, sampler-learner mismatch) and where they go: metrics.jsonl, the console table, wandb (offline unless
-configured), PNG curves, the best construction as JSON and as a picture, progress bars on long phases.
+split, sampler-learner mismatch) and where they go: metrics.jsonl, wandb (offline unless configured), the best
+construction as JSON and as a picture, the curves at the end, progress bars on long phases. How records look
+to people (the console table, the curves' PNG) is report.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.report import append_jsonl, plot_curves, table_header, table_row  # noqa: F401 (re-exported)
+from trainer.report import append_jsonl, plot_curves
 
 
 def beta_stats(betas: list[float]) -> dict:
