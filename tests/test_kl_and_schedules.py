@@ -73,9 +73,9 @@ def test_best_json_at_every_improvement_and_the_picture_at_most_every_interval(t
         writer.write({"score": score, "step": step, "construction": [score]}, env=None)
         assert json.loads((tmp_path / "best.json").read_text())["score"] == score
     assert [c for c, _ in drawn] == [[1.0]]  # the first improvement is drawn, the next two wait
-    writer.close()
+    writer.flush()
     assert [c for c, _ in drawn] == [[1.0], [3.0]] and "step 2" in drawn[-1][1]  # the latest, once
-    writer.close()
+    writer.flush()
     assert len(drawn) == 2
     every = BestWriter(tmp_path, "toy", picture_every_s=0)
     every.write({"score": 4.0, "step": 3, "construction": [4.0]}, env=None)

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from trainer.learner_inputs import PreparedDatum
+from trainer.learner_prefix import shared_prefix_hidden
 
 # Model types whose transformers implementation derives packed-sequence masks from position_ids.
 PACKABLE_MODEL_TYPES = {"qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "llama", "mistral"}
@@ -127,23 +128,43 @@ def batch_logprobs(call_model: Callable[..., torch.Tensor], batch: list[Prepared
         starts = (torch.tensor([0] + lengths[:-1]).cumsum(0).tolist() if packed
                   else [b * width for b in range(len(batch))])
     # One op over all rows: per-datum ops on slices would each make autograd add a full-size zero gradient.
-    k = max(d.inputs["target_tokens"].shape[1] if d.inputs["target_tokens"].dim() == 2 else 1 for d in batch)
+    k = _top_k(batch)
     targets_T_K = torch.zeros(rows.shape[0], k, dtype=torch.long)
     for d, start, n in zip(batch, starts, lengths):
-        t = d.inputs["target_tokens"]
-        targets_T_K[start: start + n, : (t.shape[1] if t.dim() == 2 else 1)] = t if t.dim() == 2 else t[:, None]
+        targets_T_K[start: start + n] = _as_T_K(d.inputs["target_tokens"], k)
     targets_T_K = targets_T_K.to(device)
     if lm_head is None:
         lp_T_K = target_logprobs(rows, targets_T_K)
-    elif grad_rows is not None and torch.is_grad_enabled():
-        lp_T_K = _split_by_gradient(lm_head, rows, targets_T_K, torch.cat(grad_rows).to(device))
     else:
-        lp_T_K = chunked_target_logprobs(lm_head, rows, targets_T_K)
-    out = []
-    for d, start, n in zip(batch, starts, lengths):
-        t = d.inputs["target_tokens"]
-        out.append(lp_T_K[start: start + n, : t.shape[1]] if t.dim() == 2 else lp_T_K[start: start + n, 0])
+        lp_T_K = _lm_head_logprobs(lm_head, rows, targets_T_K, torch.cat(grad_rows) if grad_rows else None)
+    return [_shaped_like(lp_T_K[start: start + n], d.inputs["target_tokens"])
+            for d, start, n in zip(batch, starts, lengths)]
+
+
+def _top_k(batch: list[PreparedDatum]) -> int:
+    """K of the widest (N, K) target_tokens in the batch; 1 when all are (N,)."""
+    return max(d.inputs["target_tokens"].shape[1] if d.inputs["target_tokens"].dim() == 2 else 1 for d in batch)
+
+
+def _as_T_K(t: torch.Tensor, k: int) -> torch.Tensor:
+    """(N,) or (N, K') target_tokens as (N, k) columns, zero-filled (their logprobs are dropped again)."""
+    out = torch.zeros(t.shape[0], k, dtype=torch.long)
+    out[:, : (t.shape[1] if t.dim() == 2 else 1)] = t if t.dim() == 2 else t[:, None]
     return out
+
+
+def _shaped_like(lp_N_K: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A datum's (N, k) logprobs shaped like its target_tokens: (N,) or (N, K')."""
+    return lp_N_K[:, : t.shape[1]] if t.dim() == 2 else lp_N_K[:, 0]
+
+
+def _lm_head_logprobs(lm_head: torch.nn.Module, rows_T_H: torch.Tensor, targets_T_K: torch.Tensor,
+                      needs_T: torch.Tensor | None) -> torch.Tensor:
+    """chunked_target_logprobs; with `needs_T` (rows whose loss can have a gradient) and autograd on, the
+    other rows skip autograd."""
+    if needs_T is not None and torch.is_grad_enabled():
+        return _split_by_gradient(lm_head, rows_T_H, targets_T_K, needs_T.to(rows_T_H.device))
+    return chunked_target_logprobs(lm_head, rows_T_H, targets_T_K)
 
 
 def _split_by_gradient(lm_head: torch.nn.Module, rows_T_H: torch.Tensor, targets_T_K: torch.Tensor,
@@ -166,16 +187,8 @@ def shared_prefix_logprobs(call_model: Callable[..., torch.Tensor], batch: list[
     """batch_logprobs for a shared-prefix pass (learner_prefix.py): `groups` hold indices into `batch`. A
     group's prefix rows are scored once when its members' targets agree there; each member gets its logprobs
     through a gather, whose backward adds the members' gradients."""
-    from trainer.learner_prefix import shared_prefix_hidden
-
     hidden_R_H, prefix_rows, own_rows = shared_prefix_hidden(call_model, [d.tokens for d in batch], groups, device)
-    k = max(d.inputs["target_tokens"].shape[1] if d.inputs["target_tokens"].dim() == 2 else 1 for d in batch)
-
-    def as_T_K(t: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(t.shape[0], k, dtype=torch.long)
-        out[:, : (t.shape[1] if t.dim() == 2 else 1)] = t if t.dim() == 2 else t[:, None]
-        return out
-
+    k = _top_k(batch)
     rows, targets, needs, index = [], [], [], {}  # flat scored rows; datum -> its rows in that list
     count = 0
     member = 0
@@ -186,7 +199,7 @@ def shared_prefix_logprobs(call_model: Callable[..., torch.Tensor], batch: list[
         if agree:
             shared_at = torch.arange(count, count + s)
             rows.append(prefix_rows[p])
-            targets.append(as_T_K(first))
+            targets.append(_as_T_K(first, k))
             needs.append(torch.stack([grad_rows[i][:s] for i in g.members]).any(0) if grad_rows else None)
             count += s
         for i in g.members:
@@ -195,20 +208,14 @@ def shared_prefix_logprobs(call_model: Callable[..., torch.Tensor], batch: list[
             member += 1
             mine = own if agree else torch.cat([prefix_rows[p], own])
             rows.append(mine)
-            targets.append(as_T_K(t[s:] if agree else t))
+            targets.append(_as_T_K(t[s:] if agree else t, k))
             needs.append((grad_rows[i][s:] if agree else grad_rows[i]) if grad_rows else None)
-            index[i] = torch.cat([shared_at, torch.arange(count, count + len(mine))]) if agree else \
-                torch.arange(count, count + len(mine))
+            index[i] = torch.arange(count, count + len(mine))
+            if agree:
+                index[i] = torch.cat([shared_at, index[i]])
             count += len(mine)
     rows_T_H = hidden_R_H.index_select(0, torch.cat(rows).to(device))  # deterministic backward (see PrefixCache)
-    targets_T_K = torch.cat(targets).to(device)
-    if grad_rows is not None and torch.is_grad_enabled():
-        lp_T_K = _split_by_gradient(lm_head, rows_T_H, targets_T_K, torch.cat(needs).to(device))
-    else:
-        lp_T_K = chunked_target_logprobs(lm_head, rows_T_H, targets_T_K)
-    out = []
-    for i, d in enumerate(batch):
-        t = d.inputs["target_tokens"]
-        lp = lp_T_K.index_select(0, index[i].to(device))
-        out.append(lp[:, : t.shape[1]] if t.dim() == 2 else lp[:, 0])
-    return out
+    lp_T_K = _lm_head_logprobs(lm_head, rows_T_H, torch.cat(targets).to(device),
+                               torch.cat(needs) if grad_rows else None)
+    return [_shaped_like(lp_T_K.index_select(0, index[i].to(device)), d.inputs["target_tokens"])
+            for i, d in enumerate(batch)]

@@ -46,8 +46,7 @@ def find_groups(tokens: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_TO
     for i in order:
         if groups:
             g = groups[-1]
-            shared = min(_common_prefix(tokens[g.members[0]], tokens[i]), len(tokens[i]) - 1,
-                         g.shared if len(g.members) > 1 else len(tokens[g.members[0]]) - 1)
+            shared = min(_common_prefix(tokens[g.members[0]], tokens[i]), len(tokens[i]) - 1, g.shared)
             if shared >= min_shared:
                 g.members.append(i)
                 g.shared = shared
@@ -94,7 +93,8 @@ def _prefix_cache():
     """A KV cache for the two calls of a shared-prefix pass that gives the same answers when gradient
     checkpointing replays a layer in backward: the prefix call stores each layer's K/V once (a replay does
     not store it again), `share(index)` gives a second cache with it repeated for the members, and the
-    suffix call reads that one without storing its own K/V. So the layers may keep the cache under checkpointing (_can_checkpoint_with_cache)."""
+    suffix call reads that one without storing its own K/V. So the layers may keep the cache under
+    checkpointing (_can_checkpoint_with_cache)."""
     from transformers import DynamicCache
 
     class PrefixCache(DynamicCache):

@@ -120,7 +120,7 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
     rollout_log = RolloutLog(out / "rollouts.jsonl")
     wandb = stack.enter_context(M.WandbRun(cfg, out, resume=saved is not None))
     best_writer = M.BestWriter(out, cfg.env_name, cfg.picture_every_s)
-    stack.callback(best_writer.close)  # a picture that lags is drawn at the end, also after an error
+    stack.callback(best_writer.flush)  # a picture that lags is drawn at the end, also after an error
     prefill_tokens = tokenizer.encode(cfg.prefill_text, add_special_tokens=False)
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     probe_tokens = None
@@ -211,7 +211,6 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
         if stop["set"]:
             raise Preempted(f"SIGTERM: stopped after step {step}, checkpointed; rerun with resume=true")
 
-    best_writer.close()
     M.finish(out, records, best, instances[curriculum.current].env, cfg)
     return records
 

@@ -79,7 +79,7 @@ def progress(show: bool, total: int, desc: str):
 class BestWriter:
     """The best state ever seen: best.json (atomically) at every improvement, and best.png where the env has a
     picture. Drawing costs ~1 s of matplotlib, which early in a run would be paid at nearly every step, so the
-    picture is redrawn at most every `picture_every_s` seconds, and once more at close if it lags."""
+    picture is redrawn at most every `picture_every_s` seconds, and by `flush` (at the end) if it lags."""
 
     def __init__(self, out: Path, env_name: str, picture_every_s: float = 60.0):
         self.out, self.env_name, self.picture_every_s = out, env_name, picture_every_s
@@ -94,9 +94,10 @@ class BestWriter:
             return
         self._pending = (best, env)
         if time.monotonic() - self._drawn_at >= self.picture_every_s:
-            self.close()
+            self.flush()
 
-    def close(self) -> None:
+    def flush(self) -> None:
+        """Draw the latest best if its picture lags."""
         if self._pending is None:
             return
         (best, env), self._pending = self._pending, None
