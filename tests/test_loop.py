@@ -35,6 +35,7 @@ def test_loop_on_real_vllm_ray_and_peft(vllm_sampler, tmp_path):
     assert len(read_jsonl(tmp_path / "rollouts.jsonl")) == 3 * 2 * 4  # every evaluated rollout
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["reward"] == max(r["reward_max"] for r in records) == records[-1]["best_reward"]
+    assert (tmp_path / "best.png").stat().st_size > 5_000  # the best construction, drawn through the real loop
     state = read_checkpoint(tmp_path)
     assert state["step"] == 2 and state["version"] == 3 and state["best"]["reward"] == best["reward"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == [
