@@ -121,6 +121,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_sft(args) -> int:
+    """`ttt sft data.jsonl [--out DIR] [key=value ...]` (overrides of trainer.sft.SFTConfig)."""
+    from trainer.sft import SFTConfig, run_sft
+
+    bad = [a for a in args.overrides if "=" not in a]
+    if bad:
+        raise ValueError(f"ttt sft takes one data file and key=value overrides, got {bad[0]!r} (e.g. epochs=3)")
+    given = {"data": args.data, "out": args.out}
+    overrides = args.overrides + [f"{k}={v}" for k, v in given.items() if v is not None]
+    cfg = load_config(SFTConfig, None, overrides, what="sft override")
+    summary = run_sft(cfg)
+    print(f"loss {summary['loss_before']:.4f} -> {summary['loss_after']:.4f} (mean NLL per answer token, before "
+          f"-> after); adapter {summary['state_path']} (sampler {summary['sampler_path']}); wrote {cfg.out}/"
+          f"adapter.json and metrics.jsonl; start RL from it with: ttt train init_adapter={cfg.out} "
+          f"base_model={cfg.base_model} lora_rank={cfg.lora_rank}")
+    return 0
+
+
 def cmd_serve_vllm(args) -> int:
     """Start a vLLM OpenAI server with runtime LoRA loading and keep it in the foreground."""
     from inference.models import resolve_model
@@ -174,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", help="key=value, e.g. checkpoint=DIR env=toy_digits n=64")
     ev.set_defaults(func=cmd_eval)
 
+    sft = sub.add_parser("sft", help="train a LoRA on chat demonstrations: ttt sft data.jsonl [--out DIR] [key=value ...]")
+    sft.add_argument("data", help='JSONL, one {"messages": [{"role": ..., "content": ...}, ...]} per line')
+    sft.add_argument("--out", default=None, help="output dir (default runs/sft)")
+    sft.add_argument("overrides", nargs="*", help="key=value, e.g. base_model=HuggingFaceTB/SmolLM2-135M-Instruct "
+                     "lora_rank=8 epochs=3 learning_rate=1e-4")
+    sft.set_defaults(func=cmd_sft)
+
     serve = sub.add_parser("serve-vllm", help="start a vLLM OpenAI server with runtime LoRA loading")
     serve.add_argument("--model", default="tiny")
     serve.add_argument("--host", default="127.0.0.1")
@@ -200,8 +225,13 @@ def main(argv: list[str] | None = None) -> int:
 
         module, func, _ = DELEGATED[argv[0]]
         return getattr(importlib.import_module(module), func)(argv[1:])
-    args = build_parser().parse_args(argv)
-    if args.command in ("train", "demo", "eval"):
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "sft" and not any(e.startswith("-") for e in extra):
+        args.overrides += extra  # key=value after --out DIR: argparse does not intermix positionals and options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in ("train", "demo", "eval", "sft"):
         _exit_without_finalizers(_dispatch(args))
     return _dispatch(args)
 

@@ -39,6 +39,7 @@ class TrainConfig:
     train_attn: bool = True
     train_mlp: bool = True
     train_unembed: bool = False  # vLLM cannot serve an lm_head LoRA
+    init_adapter: str | None = None  # start from an SFT adapter (`ttt sft`'s out dir): trainer/init_adapter.py
     learning_rate: float = 4e-5
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -131,6 +132,10 @@ class TrainConfig:
             from inference.models import resolve_model
 
             resolve_model(self.base_model)  # ModelNotFound (a ValueError) names the fix
+        if self.init_adapter:
+            from trainer.init_adapter import check
+
+            check(self)  # the adapter exists and fits this run's backend, base model and LoRA shape
 
     @property
     def trains(self) -> bool:

@@ -25,7 +25,7 @@ from tinker import types
 
 from envs.base import State, VerifyResult
 from envs.pool import VerifierPool
-from trainer import distributed, rank_sync
+from trainer import distributed, init_adapter, rank_sync
 from trainer import metrics as M
 from trainer import report
 from trainer.advantages import compute_advantages
@@ -91,7 +91,9 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
     if cfg.trains:
         adam = types.AdamParams(learning_rate=cfg.learning_rate, beta1=cfg.adam_beta1, beta2=cfg.adam_beta2,
                                 eps=cfg.adam_eps, weight_decay=cfg.weight_decay, grad_clip_norm=cfg.grad_clip_norm)
-        if saved is None:
+        if saved is None and cfg.init_adapter:  # an SFT adapter's weights, a fresh optimizer
+            training = init_adapter.training_client(service, cfg)
+        elif saved is None:
             training = service.create_lora_training_client(
                 base_model=cfg.base_model, rank=cfg.lora_rank, seed=cfg.seed, train_mlp=cfg.train_mlp,
                 train_attn=cfg.train_attn, train_unembed=cfg.train_unembed).result()
@@ -124,7 +126,7 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
     prefill_tokens = tokenizer.encode(cfg.prefill_text, add_special_tokens=False)
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     probe_tokens = None
-    if cfg.trains and saved is None:  # v0 has B = 0: it must already equal the base model
+    if cfg.trains and saved is None:  # v0 (B = 0, or the init_adapter) must already be served
         probe_tokens = _probe_tokens(cfg, tokenizer, instances[0])
         _check_probe(cfg, training, sampling, probe_tokens, version, log)
 
