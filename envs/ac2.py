@@ -37,6 +37,7 @@ class SecondAutocorrelationEnv(SequenceEnv):
     injected_name = "height_sequence_2"
     reference_key = "ac2_step_heights"
     baseline = BASELINE
+    buffer_lengths = (1000, 100000)  # TTT-Discover admits only these lengths to its buffer
 
     def prompt_spec(self, state: State) -> PromptSpec:
         statement = (

@@ -106,6 +106,10 @@ class Env(ABC):
     def initial_states(self, rng: Any = None) -> list[State]:
         return [State()]
 
+    def admits(self, state: State) -> bool:
+        """Whether a valid child may enter the trainer's state buffer (it still counts for PUCT statistics)."""
+        return True
+
     def evaluate(self, completion: str, state: State) -> VerifyResult:
         """parse -> verify, the path every task shares; a missing answer is a format error."""
         answer = self.parse(completion)

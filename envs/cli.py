@@ -3,6 +3,10 @@
     ttt verify --env circle_packing --n 26 [--timeout SECONDS] PATH     PATH = program.py or construction.json
     ttt render --env circle_packing --n 26 PATH [--out FILE.png]
 
+A construction file is a JSON list or object in the AlphaEvolve or TTT-Discover layout: circle packings as
+rows [x, y, r], {"circles": rows} or {"centers", "radii"}; sequences as a list, {"sequence": ...} (TTT-Discover's
+results/mathematics/*.json), {"heights": ...}, {"values": ...} or, for erdos, {"h_values": ...}.
+
 `verify` prints exactly one JSON object (status, score, reward, value, message, ...) and exits 0 when the
 status is ok, 1 when the answer was verified and failed, 2 on bad input (unknown env, bad option, unreadable
 file): bad input is a one-line error record, never a traceback. Programs run in the same sandbox as training.
@@ -99,18 +103,19 @@ def verify_construction(env, data: Any) -> VerifyResult:
 
     try:
         if env.name == "circle_packing":
-            if isinstance(data, dict):
+            if isinstance(data, dict) and "circles" not in data:
                 centers, radii = _pick(data, "centers"), _pick(data, "radii")
-            else:  # [[x, y, r], ...] as in the AlphaEvolve results
-                rows = np.asarray(data, dtype=np.float64)
+            else:  # [[x, y, r], ...] as in the AlphaEvolve results, or TTT-Discover's {"circles": rows}
+                rows = np.asarray(_pick(data, "circles"), dtype=np.float64)
                 if rows.ndim != 2 or rows.shape[1] != 3:
                     raise InputError(f"expected {{'centers', 'radii'}} or rows of [x, y, r], got shape {rows.shape}")
                 centers, radii = rows[:, :2], rows[:, 2]
             return env.verify_construction(np.asarray(centers, dtype=np.float64), np.asarray(radii, dtype=np.float64))
         if env.name in ("ac1", "ac2"):
-            return env.verify_construction(np.asarray(_pick(data, "heights", "values"), dtype=np.float64))
+            return env.verify_construction(np.asarray(_pick(data, "heights", "sequence", "values"), dtype=np.float64))
         if env.name == "erdos":
-            return env.verify_construction(np.asarray(_pick(data, "h_values", "heights", "values"), dtype=np.float64))
+            return env.verify_construction(np.asarray(_pick(data, "h_values", "heights", "sequence", "values"),
+                                                      dtype=np.float64))
         if env.name == "tabular":
             return env.verify_predictions(np.asarray(_pick(data, "predictions"), dtype=np.float64))
     except (TypeError, ValueError) as e:

@@ -62,6 +62,7 @@ class ErdosMinOverlapEnv(SequenceEnv):
     injected_name = "initial_h_values"
     reference_key = "erdos_min_overlap_sequence"
     baseline = BASELINE
+    buffer_lengths = (1, 1000)  # TTT-Discover admits only these lengths to its buffer
     call_kwargs = ("seed", "budget_s")
     split_result = True
 

@@ -1,7 +1,10 @@
-"""Published constructions shipped with the package (envs/data/alphaevolve_constructions.json).
+"""Published constructions shipped with the package (envs/data/*.json), so that `best_available` initial
+states and the conformance tests work offline.
 
-A copy of google-deepmind/alphaevolve_results (CC-BY-4.0; source and licence are inside the file), so that
-`best_available` initial states and the conformance tests work offline.
+alphaevolve_constructions.json: a copy of google-deepmind/alphaevolve_results (CC-BY-4.0; source and licence
+are inside the file). ttt_discover_reference.json: data from test-time-training/discover (MIT, Copyright (c)
+2025 Mert Yuksekgonul; data only, values computed by that repository's verifiers): its best CP26 circles,
+its 30,000-piece AC1 sequence and the 1,319-piece AC1 sequence its `best_available` runs start from.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import os
 
 import numpy as np
 
-PATH = os.path.join(os.path.dirname(__file__), "data", "alphaevolve_constructions.json")
+DATA = os.path.join(os.path.dirname(__file__), "data")
+PATH = os.path.join(DATA, "alphaevolve_constructions.json")
+TTT_PATH = os.path.join(DATA, "ttt_discover_reference.json")
 
 
 @functools.lru_cache(maxsize=1)
@@ -21,8 +26,17 @@ def constructions() -> dict:
         return json.load(f)
 
 
+@functools.lru_cache(maxsize=1)
+def ttt_discover() -> dict:
+    with open(TTT_PATH) as f:
+        return json.load(f)
+
+
 def published_value(key: str) -> float:
-    return float(constructions()["published_values"][key])
+    for source in (constructions(), ttt_discover()):
+        if key in source["published_values"]:
+            return float(source["published_values"][key])
+    raise KeyError(f"no published value {key!r}")
 
 
 def circle_packing(n: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -35,5 +49,10 @@ def circle_packing(n: int) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def heights(key: str) -> np.ndarray:
-    """A published step function: 'ac1_step_heights', 'ac2_step_heights' or 'erdos_min_overlap_sequence'."""
-    return np.asarray(constructions()[key], dtype=np.float64)
+    """A published step function: AlphaEvolve's 'ac1_step_heights', 'ac2_step_heights',
+    'erdos_min_overlap_sequence', or TTT-Discover's 'ttt_discover_ac1_heights' (30,000 pieces) and
+    'ac1_initial_state_heights_1319'."""
+    for source in (constructions(), ttt_discover()):
+        if key in source:
+            return np.asarray(source[key], dtype=np.float64)
+    raise KeyError(f"no published construction {key!r}")

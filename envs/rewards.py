@@ -1,7 +1,8 @@
 """Reward transforms: turn a task's verified score into the RL reward.
 
 TTT-Discover's transforms (tasks/base_reward_task.py): linear (x), neg_linear (-x), exp(-x), inverse
-1/(1e-8 + x) (AC1, Erdős: 1/C), scaled inverse 5/(1e-8 + x). Entropic advantages with adaptive beta are
+1/(1e-8 + x) (Erdős: 1/C), scaled inverse 5/(1e-8 + x); and reciprocal 1/x exactly, the AC1 reward of its
+env (recipes/ttt/env_ac.py::_compute_reward returns 1/C1, not the task's shaped score). Entropic advantages with adaptive beta are
 invariant to positive affine reward maps, so only the monotone shape matters (TTT_DISCOVER.md §1).
 
 Two optional extras, both off by default (TTT-Discover gives failures reward 0 and nothing else):
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 EPS = 1e-8
-KINDS = ("linear", "neg_linear", "inverse", "scaled_inverse", "exp_neg")
+KINDS = ("linear", "neg_linear", "inverse", "scaled_inverse", "reciprocal", "exp_neg")
 
 
 def transform(kind: str, score: float) -> float:
@@ -29,6 +30,8 @@ def transform(kind: str, score: float) -> float:
     elif kind in ("inverse", "scaled_inverse"):
         denominator = EPS + score
         r = (1.0 if kind == "inverse" else 5.0) / denominator if denominator != 0 else float("nan")
+    elif kind == "reciprocal":
+        r = 1.0 / score if score != 0 else float("nan")
     elif kind == "exp_neg":
         r = math.exp(-score) if score > -700 else 0.0
     else:

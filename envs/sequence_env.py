@@ -40,6 +40,9 @@ class SequenceEnv(ProgramEnv):
     baseline = ""
     call_kwargs: tuple = ()  # names of (seed, budget_s) style keyword arguments the entry receives
     split_result = False  # the entry returns one sequence (Erdős returns a tuple and sets this True)
+    # Lengths a child's construction may have to enter the state buffer (TTT-Discover's PUCTSampler.update_states:
+    # AC1/AC2 1,000..100,000 pieces, Erdős at most 1,000); longer or shorter ones are still scored and rewarded.
+    buffer_lengths = (1, None)
 
     def __post_init__(self):
         super().__post_init__()
@@ -61,6 +64,15 @@ class SequenceEnv(ProgramEnv):
             return ()
         return (f"`{self.injected_name}`: numpy array of the previous construction ({seq.size} values, "
                 f"score {state.score}); build on it or ignore it.",)
+
+    def admits(self, state: State) -> bool:
+        """A child whose construction is empty or missing is admitted, as in the reference (it checks only
+        non-empty constructions)."""
+        construction = state.construction
+        if construction is None or len(construction) == 0:
+            return True
+        low, high = self.buffer_lengths
+        return low <= len(construction) and (high is None or len(construction) <= high)
 
     def job(self, program: str, state: State) -> SandboxJob:
         seq = self.parent_sequence(state)

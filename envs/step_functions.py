@@ -1,8 +1,8 @@
 """Step functions given by their heights on n equal pieces: checks and the autoconvolution.
 
-Shared by the autocorrelation inequalities (AC1, AC2). Heights are validated as a 1-D finite non-negative
-array with a positive sum; they are scaled by their maximum before convolving (the constants C1 and C2 are
-scale-invariant, and this keeps huge heights from overflowing).
+AC1 follows TTT-Discover's verifier exactly (clip negatives to 0, cap at 1000, sum >= 0.01). AC2 validates
+heights as a 1-D finite non-negative array with a positive sum and scales them by their maximum before
+convolving (C2 is scale-invariant, and this keeps huge heights from overflowing).
 """
 
 from __future__ import annotations
@@ -39,10 +39,27 @@ def autoconvolution(heights: np.ndarray) -> np.ndarray:
     return np.maximum(fftconvolve(a, a), 0.0)  # exact result is >= 0; clip FFT round-off
 
 
-def first_autocorrelation_c1(heights: np.ndarray) -> float:
-    """C1 = 2n * max(a * a) / (sum a)^2 for f on [-1/4, 1/4] (AlphaEvolve / TTT-Discover convention)."""
-    a = heights / np.max(heights)
-    return float(2 * a.size * np.max(autoconvolution(heights)) / (a.sum() ** 2))
+AC1_MAX_HEIGHT = 1000.0  # TTT-Discover caps every height here (np.minimum); it does not rescale
+AC1_MIN_TOTAL = 0.01  # a smaller sum of the clipped and capped heights is invalid
+
+
+def first_autocorrelation_c1(heights: np.ndarray) -> tuple[float | None, str]:
+    """(C1, '') or (None, reason): TTT-Discover's AC1 rule (tasks/alphaevolve_ac/verifier_ae.py).
+
+    Heights must be finite; negatives become 0 and heights above 1000 become 1000 (accepted, not rejected);
+    a sum below 0.01 after that is invalid. C1 = 2n * max(np.convolve(a, a)) / (sum a)^2 for f on
+    [-1/4, 1/4], computed exactly as the reference does (direct convolution, no rescaling), so equal input
+    gives the bit-identical C1.
+    """
+    if heights.ndim != 1 or heights.size == 0:
+        return None, f"heights must be a non-empty 1-D sequence, got shape {heights.shape}"
+    if not np.all(np.isfinite(heights)):
+        return None, "heights must all be finite (found NaN or inf)"
+    a = np.minimum(np.maximum(heights, 0.0), AC1_MAX_HEIGHT)
+    total = np.sum(a)
+    if total < AC1_MIN_TOTAL:
+        return None, f"the heights sum to {total:.3g} after clipping to [0, 1000]; the sum must be >= 0.01"
+    return float(2 * a.size * np.max(np.convolve(a, a)) / total ** 2), ""
 
 
 def second_autocorrelation_c2(heights: np.ndarray) -> float:

@@ -172,7 +172,8 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
             best_writer.write(best, inst.env)
         for r in rollouts:
             child = _child_state(inst.env, r, inst.buffer.node(r.parent_id).state) if r.result.ok else None
-            inst.buffer.record(r.parent_id, child, r.result.value if child is not None else None)
+            inst.buffer.record(r.parent_id, child, r.result.value if child is not None else None,
+                               admit=child is not None and inst.env.admits(child))
         inst.buffer.flush()
 
         # 5. advantages -> datums -> one optimizer step -> the sampler serves the new version

@@ -8,15 +8,23 @@ rollout (child None = failed rollout), then `flush()` to prune. Reference: TTT_D
 Samplers: "puct" (alias "puct_backprop") the paper's PUCT rule with lineage blocking; "greedy"
 (epsilon-greedy over the top-k states); "fixed" (always the initial states, the no-reuse ablation).
 
-Choices shared by all three, where the original is silent or fragile:
-  - An initial state whose value is None gets value -inf (as the original's `float("-inf")` fallback); scale
-    is taken over finite values only, so it cannot become nan.
+Ties are broken exactly as the original, so equal inputs give the same picks and the same buffer:
+  - PUCT's rank prior is `np.argsort(np.argsort(-values))` (numpy's default, unstable quicksort: which of two
+    tied states gets the better rank is numpy's choice, not buffer order), and the buffer cap keeps
+    `np.argsort(values)[::-1]` (of two tied states the later one usually survives);
+  - selection and the per-parent top-k use Python's stable sorts (descending, ties keep buffer order), and
+    the top-k rebuilds the buffer as initial states, then each parent's children (parents in order of first
+    appearance), as the original's flush does.
+  - scale is max - min over the same values as the original, -inf included: with only initial states of
+    unknown value it is nan and every score is nan, and the picks fall back to buffer order, as there.
+
+Choices where the original is silent or fragile:
+  - An initial state whose value is None or not finite gets value -inf (the original: None -> -inf).
   - A rollout whose child has a None or non-finite value counts as failed (the original counts a "correct"
     child with value None nowhere: no n, no T).
-  - Ties (equal value, or equal score and value) are broken by buffer order, with stable sorts; the original
-    uses numpy's unstable argsort for the rank prior and the buffer cap.
-  - Task-specific admission rules (AC construction length 1000..100000, Erdos <= 1000, re-drawing random
-    initial AC constructions when picked) belong to the envs, not here.
+  - Task-specific admission rules (AC construction length 1000..100000, Erdos <= 1000) are the env's
+    `admits(state)`, which the trainer passes to `record`; re-drawing random initial AC constructions when
+    picked is not done.
 """
 
 from __future__ import annotations
@@ -73,13 +81,24 @@ def dedup_key(state: State) -> tuple[str, str] | None:
     """The construction (as JSON) if it has one, else the code string, else None (never a duplicate).
 
     The original uses tuple(construction) or the code; JSON also handles nested and numpy constructions.
+    -0.0 is written as 0.0, since the original's tuples compare them equal.
     """
-    construction = _plain(state.construction)
+    construction = _signless_zeros(_plain(state.construction))
     if construction:
         return ("construction", json.dumps(construction, sort_keys=True))
     if state.code:
         return ("code", state.code)
     return None
+
+
+def _signless_zeros(x: Any) -> Any:
+    if isinstance(x, float):
+        return x + 0.0  # -0.0 + 0.0 == +0.0; every other float is unchanged
+    if isinstance(x, list):
+        return [_signless_zeros(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _signless_zeros(v) for k, v in x.items()}
+    return x
 
 
 def _by_value_desc(nodes: list[Node]) -> list[Node]:
@@ -109,8 +128,10 @@ class StateSampler:
     def select(self, k: int, rng: np.random.Generator | None = None) -> list[Node]:
         raise NotImplementedError
 
-    def record(self, parent_id: int, child: State | None, value: float | None) -> Node | None:
-        """Count one finished rollout from `parent_id`; insert its child if valid and new. Returns the new node.
+    def record(self, parent_id: int, child: State | None, value: float | None, admit: bool = True) -> Node | None:
+        """Count one finished rollout from `parent_id`; insert its child if valid, admitted and new. Returns the
+        new node. `admit` is the env's `admits(child)`: a child it refuses (e.g. an AC1 sequence of 500 pieces)
+        still counts for n, T and its parent's m, as in the original, but does not enter the buffer.
 
         The parent must still be in the buffer: record every rollout of a step before that step's flush.
         """
@@ -127,6 +148,8 @@ class StateSampler:
         value = float(value)
         # The running max is updated before the duplicate check, so a duplicate child still raises m.
         parent.m = value if parent.m is None else max(parent.m, value)
+        if not admit:
+            return None
         key = dedup_key(child)
         if key is not None and key in self._keys:
             return None
@@ -200,14 +223,17 @@ class StateSampler:
         self._set_nodes(self._initial_nodes() + kept)
 
     def _cap(self, max_size: int) -> None:
-        """Over max_size: keep every initial state, then the best by value up to max_size; buffer order kept."""
+        """Over max_size: keep every initial state, then the best by value up to max_size; buffer order kept.
+
+        "Best" is the original's `np.argsort(values)[::-1]`, so ties go as numpy's default sort leaves them.
+        """
         if len(self._nodes) <= max_size:
             return
         keep = {node.id for node in self._initial_nodes()}
-        for node in _by_value_desc(self._nodes):
+        for i in np.argsort([node.value for node in self._nodes])[::-1]:
             if len(keep) >= max_size:
                 break
-            keep.add(node.id)
+            keep.add(self._nodes[i].id)
         self._set_nodes([node for node in self._nodes if node.id in keep])
 
 
@@ -245,25 +271,31 @@ class PUCTSampler(StateSampler):
         return {"c": self.c, "topk_children": self.topk_children, "max_buffer_size": self.max_buffer_size}
 
     def scale(self) -> float:
-        """max - min value over non-initial states (all states while there are none), floored at 1e-6."""
+        """max - min value over non-initial states (all states while there are none), floored at 1e-6.
+
+        As the original, -inf values take part: nan (not floored: max(nan, 1e-6) is nan) when they are all -inf.
+        """
         non_initial_N = [node.value for node in self._nodes if not node.is_initial]
         pool_N = non_initial_N or [node.value for node in self._nodes]
-        finite_N = [v for v in pool_N if math.isfinite(v)]
-        return max(max(finite_N) - min(finite_N), 1e-6) if finite_N else 1.0
+        if not pool_N:
+            return 1.0
+        return max(float(np.max(pool_N) - np.min(pool_N)), 1e-6)
+
+    def prior(self) -> np.ndarray:
+        """Rank prior in buffer order: weight N - rank (best value rank 0), normalised; ranks from numpy's
+        default argsort, whose order among tied values is numpy's, as in the original."""
+        values_N = np.array([node.value for node in self._nodes], dtype=np.float64)
+        rank_N = np.argsort(np.argsort(-values_N))
+        weight_N = (len(values_N) - rank_N).astype(np.float64)
+        return weight_N / weight_N.sum()
 
     def scores(self) -> list[PUCTScore]:
-        """The PUCT table in buffer order."""
-        values_N = [node.value for node in self._nodes]
-        N = len(values_N)
-        rank_N = [0] * N
-        for rank, i in enumerate(sorted(range(N), key=lambda i: values_N[i], reverse=True)):
-            rank_N[i] = rank  # best value gets rank 0
-        weight_sum = N * (N + 1) / 2  # sum of N - rank over ranks 0..N-1
+        """The PUCT table in buffer order, each term computed in the original's order of operations."""
+        P_N = self.prior()
         scale, sqrt_T = self.scale(), math.sqrt(1.0 + self.T)
         table = []
-        for node, rank in zip(self._nodes, rank_N):
+        for node, P in zip(self._nodes, P_N.tolist()):
             Q = node.m if node.n > 0 and node.m is not None else node.value
-            P = (N - rank) / weight_sum
             bonus = self.c * scale * P * sqrt_T / (1.0 + node.n)
             table.append(PUCTScore(node.id, Q, P, bonus, Q + bonus))
         return table

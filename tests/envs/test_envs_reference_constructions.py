@@ -123,13 +123,12 @@ def test_circle_packing_perturbations_are_rejected_with_a_reason(reference):
 
 def test_sequence_perturbations_are_rejected_with_a_reason(reference):
     ac1 = np.array(reference["ac1_step_heights"])
-    bad = ac1.copy(); bad[10] = -0.5
-    r = FirstAutocorrelationEnv().verify_construction(bad)
-    assert r.status == "invalid" and r.reward == 0.0 and "negative" in r.message
     bad = ac1.copy(); bad[3] = np.nan
     r = FirstAutocorrelationEnv().verify_construction(bad)
     assert r.status == "invalid" and "finite" in r.message
     assert FirstAutocorrelationEnv().verify_construction(np.zeros(10)).status == "invalid"
+    r = FirstAutocorrelationEnv().verify_construction(np.full(10, 0.000999))  # sum 0.00999 < 0.01
+    assert r.status == "invalid" and r.reward == 0.0 and "0.01" in r.message
     h = np.array(reference["erdos_min_overlap_sequence"])
     bad = h.copy(); bad[40] = 1.5
     r = ErdosMinOverlapEnv().verify_construction(bad)
@@ -137,6 +136,25 @@ def test_sequence_perturbations_are_rejected_with_a_reason(reference):
     bad = h.copy(); bad[:] = 0.0; bad[0] = 1.0  # sum 1 -> rescaled to n/2 = 47.5 > 1
     r = ErdosMinOverlapEnv().verify_construction(bad)
     assert r.status == "invalid" and "exceeds 1" in r.message
+
+
+def test_ac1_clips_negatives_and_caps_at_1000_as_ttt_discover(reference):
+    """Negative heights count as 0 and heights above 1000 as 1000 (accepted, not rejected, not rescaled); the
+    construction kept is the one returned. Expected C1 by explicit loops on the hand-clipped sequence."""
+    ac1 = np.array(reference["ac1_step_heights"])
+    env = FirstAutocorrelationEnv()
+    bad = ac1.copy(); bad[10] = -0.5; bad[20] = 5e6
+    clipped = [min(max(float(x), 0.0), 1000.0) for x in bad]
+    n = len(clipped)
+    conv_max = max(sum(clipped[i] * clipped[k - i] for i in range(max(0, k - n + 1), min(k, n - 1) + 1))
+                   for k in range(2 * n - 1))
+    r = env.verify_construction(bad)
+    assert r.ok, r.message
+    assert r.score == pytest.approx(2 * n * conv_max / sum(clipped) ** 2, rel=1e-12)
+    assert r.reward == 1.0 / r.score and r.value == -r.score  # reward 1/C1 with no epsilon
+    assert r.construction[10] == -0.5 and r.construction[20] == 5e6
+    # Capping is not rescaling: one huge height changes C1, a scale-invariant rescale would not.
+    assert env.verify_construction(ac1 * 1e4).score != pytest.approx(env.verify_construction(ac1).score, rel=1e-6)
 
 
 def test_partial_credit_for_a_near_valid_packing(reference):
