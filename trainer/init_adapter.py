@@ -37,8 +37,9 @@ def locate(given: str) -> InitAdapter:
     path = Path(given).expanduser()
     if (path / ADAPTER_FILE).is_file():
         sft = json.loads((path / ADAPTER_FILE).read_text())
-        local = sft.get("local_state_dir")
-        return InitAdapter(given, (path / local) if local else None, sft.get("state_path"))
+        local = sft.get("local_state_dir")  # backend=local: its tinker:// path names our engine's store only
+        return InitAdapter(given, (path / local) if local else None,
+                           sft.get("state_path") if sft.get("backend") == "tinker" else None)
     if (path / "state.json").is_file():
         return InitAdapter(given, path, None)
     if not path.exists():
