@@ -56,9 +56,12 @@ def check_packing(centers: np.ndarray, radii: np.ndarray, n: int, tol: float = 1
     if n > 1:
         diff = centers[:, None, :] - centers[None, :, :]
         dist = np.sqrt(np.sum(diff * diff, axis=-1))
-        slack = dist - (radii[:, None] + radii[None, :])  # must be >= -tol for every pair i < j
+        reach = radii[:, None] + radii[None, :]
+        slack = dist - reach
         iu = np.triu_indices(n, 1)
-        if not np.all(slack[iu] >= -tol):
+        # TTT-Discover's test, rounded as it rounds: dist >= (r_i + r_j) - tol (dist - (r_i + r_j) >= -tol
+        # rounds differently within a few ulps of the tolerance)
+        if not np.all(dist[iu] >= reach[iu] - tol):
             k = int(np.argmin(slack[iu]))
             i, j = int(iu[0][k]), int(iu[1][k])
             violations.append((f"circles {i} and {j} overlap by {-slack[i, j]:.3e}", float(-slack[i, j])))

@@ -279,7 +279,8 @@ class PUCTSampler(StateSampler):
         pool_N = non_initial_N or [node.value for node in self._nodes]
         if not pool_N:
             return 1.0
-        return max(float(np.max(pool_N) - np.min(pool_N)), 1e-6)
+        with np.errstate(invalid="ignore"):  # -inf - -inf is nan, as in the original
+            return max(float(np.max(pool_N) - np.min(pool_N)), 1e-6)
 
     def prior(self) -> np.ndarray:
         """Rank prior in buffer order: weight N - rank (best value rank 0), normalised; ranks from numpy's
