@@ -24,6 +24,7 @@ class Pending:
     extra: dict = field(default_factory=dict)  # returned with the request_id (e.g. sample_sequence_ids)
     finished_at: float | None = None
     key: Hashable | None = None
+    owner: str = ""  # the key id that submitted it: only it may retrieve the result
 
 
 class RequestFutures:
@@ -35,14 +36,14 @@ class RequestFutures:
         self._lock = threading.Lock()
 
     def add(self, key: Hashable | None, start: Callable[[], concurrent.futures.Future], encode: Encoder,
-            extra: dict | None = None) -> tuple[str, Pending]:
+            extra: dict | None = None, owner: str = "") -> tuple[str, Pending]:
         """The request_id of `key`'s operation, starting it (`start()`) only the first time."""
         with self._lock:
             self._sweep()
             if key is not None and key in self._by_key and self._by_key[key] in self._items:
                 request_id = self._by_key[key]
                 return request_id, self._items[request_id]
-            pending = Pending(start(), encode, dict(extra or {}), key=key)
+            pending = Pending(start(), encode, dict(extra or {}), key=key, owner=owner)
             request_id = str(uuid.uuid4())
             self._items[request_id] = pending
             if key is not None:
@@ -57,6 +58,11 @@ class RequestFutures:
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
+
+    def pending(self) -> int:
+        """Operations submitted and not finished (the /metrics queue depth)."""
+        with self._lock:
+            return len(self._items) - len(self._finished)
 
     def _finish(self, request_id: str, pending: Pending) -> None:
         with self._lock:

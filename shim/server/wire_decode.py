@@ -25,11 +25,19 @@ class WireDatum:
     loss_fn_inputs: dict[str, torch.Tensor]
 
 
+def _no_constants(name: str):
+    raise BadRequest(f"body is not valid JSON: {name} is not a JSON number")
+
+
 def parse_json(body: bytes) -> dict:
     try:
-        value = json.loads(body or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
+        value = json.loads(body or b"{}", parse_constant=_no_constants)
+    except BadRequest:
+        raise
+    except RecursionError:  # e.g. 100k nested arrays: the C scanner recurses once per level
+        raise BadRequest("body is not valid JSON: nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, and ints past Python's 4300-digit limit
+        raise BadRequest(f"body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(value, dict):
         raise BadRequest("body must be a JSON object")
     return value

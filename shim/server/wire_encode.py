@@ -12,8 +12,23 @@ PROTO = "application/x-protobuf"
 JSON = "application/json"
 
 
+def _finite(value):
+    """NaN / inf -> "NaN" / "Infinity" / "-Infinity" strings: bare NaN is not JSON (strict parsers reject the
+    whole reply), while the SDK's pydantic models read these strings back as the float they stand for."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def json_body(value) -> tuple[str, bytes]:
-    return JSON, json.dumps(value).encode()
+    try:
+        return JSON, json.dumps(value, allow_nan=False).encode()
+    except ValueError:  # a non-finite float somewhere (rare: a diverged loss): the slow path
+        return JSON, json.dumps(_finite(value), allow_nan=False).encode()
 
 
 def forward_backward(result: dict, as_proto: bool) -> tuple[str, bytes]:

@@ -13,25 +13,29 @@ import time
 
 import pytest
 
+from shim.checkpoint_paths import CheckpointStore
 from shim.server.endpoints import TinkerApi
-from shim.server.http_server import TinkerHTTPServer
-from shim.server.main import build_parser
+from shim.server.main import build_parser, start_server
 from shim.server.request_futures import RequestFutures
 
 KEY = "tml-perf-test"
 
 
+class NoEngine:
+    """Just a checkpoint store: enough for client/config, healthz and retrieve_future."""
+
+    def __init__(self, root):
+        self.store = CheckpointStore(root)
+
+
 @pytest.fixture()
-def bare_server():
-    """The HTTP front end over no engine: enough for client/config, healthz and retrieve_future."""
-    api = TinkerApi(engine=None, long_poll_s=5.0)
-    server = TinkerHTTPServer(api, KEY)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def bare_server(tmp_path):
+    """The HTTP front end over no engine."""
+    server, _ = start_server(NoEngine(tmp_path / "ckpt"), KEY, long_poll_s=5.0)
     yield server
     server.shutdown()
     server.server_close()
-    api.executor.shutdown(wait=False)
+    server.api.executor.shutdown(wait=False)
 
 
 def _request(sock: socket.socket, reader, endpoint: str, body: dict) -> tuple[int, bytes]:
@@ -64,8 +68,10 @@ def test_keep_alive_requests_do_not_stall_on_delayed_acks(bare_server):
 def test_retrieve_future_wakes_when_the_operation_finishes(bare_server):
     api: TinkerApi = bare_server.api
     inner: concurrent.futures.Future = concurrent.futures.Future()
+    owner = bare_server.registry.db.keys()[0]["key_id"]
     request_id, _ = api.futures.add(None, lambda: inner, lambda result, _: ("application/json",
-                                                                           json.dumps(result).encode()))
+                                                                           json.dumps(result).encode()),
+                                    owner=owner)
     host, port = bare_server.server_address[:2]
     threading.Timer(0.3, inner.set_result, args=({"done": 1},)).start()
     with socket.create_connection((host, port)) as sock, sock.makefile("rb") as reader:
