@@ -151,6 +151,40 @@ def test_duplicates_are_not_inserted_but_still_counted():
     assert sampler.record(root.id, st(1.0, code="low"), 1.0) is not None
 
 
+def test_env_admission_counts_the_rollout_but_keeps_the_child_out():
+    """TTT-Discover's update_states: AC constructions need 1,000..100,000 pieces, Erdos at most 1,000; a
+    refused child still raises its parent's m and counts for n and T (the stats come before the filter)."""
+    from envs.ac1 import FirstAutocorrelationEnv
+    from envs.ac2 import SecondAutocorrelationEnv
+    from envs.circle_packing import CirclePackingEnv
+    from envs.erdos import ErdosMinOverlapEnv
+
+    def pieces(n: int) -> State:
+        return st(-1.5, construction=[1.0] * n)
+
+    for env in (FirstAutocorrelationEnv(), SecondAutocorrelationEnv()):
+        assert [env.admits(pieces(n)) for n in (999, 1000, 100000, 100001)] == [False, True, True, False]
+        assert env.admits(st(-1.5)) and env.admits(pieces(0))  # no construction: not length-checked
+    assert [ErdosMinOverlapEnv().admits(pieces(n)) for n in (1, 1000, 1001)] == [True, True, False]
+    assert CirclePackingEnv().admits(st(2.6, construction={"centers": [], "radii": []}))
+    ac1 = FirstAutocorrelationEnv()
+    sampler = PUCTSampler()
+    (root,) = sampler.add_initial([st(-2.0, code="root")])
+    short = pieces(500)
+    assert sampler.record(root.id, short, -1.4, admit=ac1.admits(short)) is None
+    assert (len(sampler), root.n, root.m, sampler.T) == (1, 1, -1.4, 1)
+    ok = pieces(1000)
+    assert sampler.record(root.id, ok, -1.5, admit=ac1.admits(ok)) is not None
+    assert (len(sampler), root.n, root.m, sampler.T) == (2, 2, -1.4, 2)
+
+
+def test_signed_zeros_are_duplicates_as_in_the_original():
+    sampler = PUCTSampler()
+    (root,) = sampler.add_initial([st(0.0, code="root")])
+    assert sampler.record(root.id, st(1.0, construction=[0.0, 1.0]), 1.0) is not None
+    assert sampler.record(root.id, st(1.0, construction=[-0.0, 1.0]), 1.0) is None  # (0.0,) == (-0.0,)
+
+
 def test_flush_keeps_top2_children_per_parent():
     sampler = PUCTSampler()
     (root,) = sampler.add_initial([st(0.0, code="root")])
