@@ -21,6 +21,9 @@ def test_transforms_match_ttt_discover_formulas():
     assert transform("inverse", 1.5) == pytest.approx(1 / (1e-8 + 1.5), rel=1e-15)
     assert transform("scaled_inverse", 2.0) == pytest.approx(5 / (1e-8 + 2.0), rel=1e-15)
     assert transform("exp_neg", 1.0) == pytest.approx(math.exp(-1.0))
+    # AC1's reward in TTT-Discover's env_ac.py is 1/C1 with no epsilon: bit-equal to the division.
+    assert transform("reciprocal", 1.5028628982558263) == 1 / 1.5028628982558263
+    assert transform("reciprocal", 0.0) == 0.0 and transform("reciprocal", float("inf")) == 0.0
     assert transform("linear", float("nan")) == 0.0 and transform("inverse", -1e-8) == 0.0
     with pytest.raises(ValueError, match="unknown reward kind"):
         transform("square", 1.0)
