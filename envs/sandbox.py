@@ -4,8 +4,8 @@
 
 The program runs in its own process tree (layers: envs/sandbox_command.py; availability:
 envs/sandbox_profile.py), as an unprivileged user without network, environment or view of our /proc, with
-CPU-time / address-space / file-size limits, memory and pids cgroups where the host has them, and dies with
-us. At the deadline the whole tree is killed (cgroup.kill / freezer, process group, pid namespace), and it is
+CPU-time / address-space / file-size limits, memory, pids and cpu cgroups where the host has them (CPU
+affinity otherwise), a size-limited private writable area, and dies with us. At the deadline the whole tree is killed (cgroup.kill / freezer, process group, pid namespace), and it is
 killed again unconditionally before its outputs are read. Outcome order: timeout -> oom -> crash -> result.
 Program faults come back as an outcome record, never as an exception.
 """
@@ -15,8 +15,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import errno
+import itertools
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,14 +32,23 @@ import numpy as np
 from envs import sandbox_command as cmd
 from envs import sandbox_spawner
 from envs.result_channel import ChannelError, parse_json, parse_npz, read_capped, read_tail
+from envs.sandbox_cleanup import remove_tree
 from envs.sandbox_profile import SandboxProfile, current_profile
 
 STATUS_CAP = 64 << 10
+STATUS_FILE = "status.json"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-run resource limits. The address space defaults to 4x the memory budget (VmPeak >> RSS)."""
+    """Per-run resource limits. The address space defaults to 4x the memory budget (VmPeak >> RSS).
+
+    disk_mb bounds everything the program can write (a private tmpfs: /tmp with the cwd /job, and /dev/shm).
+    tmpfs pages and inodes are memory charged to the run's memory cgroup, so that cgroup gets
+    memory_mb + disk_mb: filling the disk never eats the memory budget, and the host's bound per run is the sum.
+    cpus is enforced (cgroup cpu quota, else CPU affinity), not only used for thread-pool sizes.
+    """
 
     timeout_s: float = 60.0
     cpus: int = 1
@@ -47,6 +57,7 @@ class Limits:
     max_pids: int = 64
     file_size_mb: int = 64
     max_open_files: int = 256
+    disk_mb: int = 512
     max_result_bytes: int = 8 << 20
     tail_chars: int = 500
 
@@ -101,12 +112,24 @@ def _write(path: str, data: bytes) -> None:
     os.chmod(path, 0o644)
 
 
-def _prepare(job: SandboxJob, limits: Limits, profile: SandboxProfile, run_dir: str) -> cmd.RunPaths:
-    job_dir, out_dir = os.path.join(run_dir, "job"), os.path.join(run_dir, "out")
+def result_file(job: SandboxJob) -> str:
+    return "result.json" if job.result == "json" else "result.npz"
+
+
+def _open_channels(job: SandboxJob, run_dir: str) -> dict[str, int]:
+    """The two host files the program reports through, opened write-only for it to inherit."""
+    fds = {}
+    for key, name in (("status_fd", STATUS_FILE), ("result_fd", result_file(job))):
+        fds[key] = os.open(os.path.join(run_dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return fds
+
+
+def _prepare(job: SandboxJob, limits: Limits, profile: SandboxProfile, run_dir: str,
+             channels: dict[str, int]) -> cmd.RunPaths:
+    job_dir = os.path.join(run_dir, "job")
     os.mkdir(job_dir, 0o700)
-    os.mkdir(out_dir, 0o700)
     in_bwrap = bool(profile.bwrap)
-    spec = {"entry": job.entry, "mode": job.mode, "result": job.result, "args": job.args, "kwargs": job.kwargs,
+    spec = {**channels, "entry": job.entry, "mode": job.mode, "result": job.result, "args": job.args, "kwargs": job.kwargs,
             "calls": job.calls, "inject": list(job.inject), "input_kwargs": list(job.input_kwargs),
             "max_result_bytes": limits.max_result_bytes, "inputs": "inputs.npz" if job.inputs else None,
             "sys_path": library_paths(), "split": job.split_result}
@@ -122,9 +145,8 @@ def _prepare(job: SandboxJob, limits: Limits, profile: SandboxProfile, run_dir: 
             np.savez(f, **{k: np.asarray(v) for k, v in job.inputs.items()})
         os.chmod(os.path.join(job_dir, "inputs.npz"), 0o644)
     if profile.drop_uid:
-        for d in (job_dir, out_dir):
-            os.chown(d, cmd.SANDBOX_UID, cmd.SANDBOX_UID)
-    return cmd.RunPaths(run_dir, job_dir, out_dir, profile.runner_path, profile.seccomp_path)
+        os.chown(job_dir, cmd.SANDBOX_UID, cmd.SANDBOX_UID)  # the cwd of a run without bwrap
+    return cmd.RunPaths(run_dir, job_dir, profile.runner_path, profile.seccomp_path)
 
 
 @functools.lru_cache(maxsize=1)
@@ -146,10 +168,21 @@ def nproc_limit(limits: Limits) -> int:
     return 4 * limits.max_pids
 
 
-def _argv(paths: cmd.RunPaths, limits: Limits, profile: SandboxProfile, procs_files: list[str],
-          seccomp_fd: int | None):
+_next_core = itertools.count()
+
+
+def _pick_cores(n: int) -> list[int]:
+    """`n` of our allowed cores, rotating so that concurrent runs spread over the machine."""
+    allowed = sorted(os.sched_getaffinity(0))
+    start = next(_next_core) * n
+    return sorted({allowed[(start + i) % len(allowed)] for i in range(min(max(1, n), len(allowed)))})
+
+
+def _argv(paths: cmd.RunPaths, limits: Limits, profile: SandboxProfile, cgroups, seccomp_fd: int | None):
     env = cmd.sandbox_env(limits.cpus, "/job" if profile.bwrap else paths.job_dir)
-    argv: list[str] = cmd.cgroup_launcher(procs_files) if procs_files else []
+    argv: list[str] = cmd.cgroup_launcher(cgroups.procs_files) if cgroups else []
+    if profile.taskset and not (cgroups and cgroups.cpu_limited):
+        argv += cmd.affinity_args(profile.taskset, _pick_cores(limits.cpus))
     if profile.prlimit:
         pids_cgroup = bool(profile.cgroups and profile.cgroups.pids)
         nproc = None if pids_cgroup or not profile.drop_uid else nproc_limit(limits)
@@ -159,12 +192,12 @@ def _argv(paths: cmd.RunPaths, limits: Limits, profile: SandboxProfile, procs_fi
     if profile.bwrap:
         if profile.setpriv:
             argv += [profile.setpriv, "--pdeathsig", "KILL"]
-        argv += cmd.bwrap_args(profile.bwrap, paths, env, limits.memory_mb, profile.as_root, profile.drop_uid,
+        argv += cmd.bwrap_args(profile.bwrap, paths, env, limits.disk_mb, profile.as_root, profile.drop_uid,
                                profile.bwrap_tmpfs_size, seccomp_fd)
-        argv += inner_drop + [sys.executable, "-I", "-S", "/sandbox/runner.py", "/job", "/out"]
+        argv += inner_drop + [sys.executable, "-I", "-S", "/sandbox/runner.py", "/job"]
         return argv, {"PATH": env["PATH"]}, paths.run_dir
     argv += inner_drop or ([profile.setpriv, "--pdeathsig", "KILL"] if profile.setpriv else [])
-    argv += [sys.executable, "-I", "-S", paths.runner, paths.job_dir, paths.out_dir]
+    argv += [sys.executable, "-I", "-S", paths.runner, paths.job_dir]
     return argv, env, paths.job_dir
 
 
@@ -197,57 +230,50 @@ def _kill_tree(proc: subprocess.Popen, cgroups) -> None:
     proc.kill()
 
 
-def _remove_tree(path: str) -> None:
-    def fix_and_retry(func, p, _exc):  # the program may have left 000 dirs behind
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700) if os.path.isdir(p) and not os.path.islink(p) else None
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=fix_and_retry)
-
-
 def run_sandboxed(job: SandboxJob, limits: Limits = Limits(), profile: SandboxProfile | None = None) -> SandboxOutcome:
     profile = profile or current_profile()
     t0 = time.perf_counter()
     run_dir = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=profile.runs_dir)
     os.chmod(run_dir, 0o711)
-    cgroups = None
+    cgroups, channels, seccomp_fd = None, {}, None
     try:
-        paths = _prepare(job, limits, profile, run_dir)
+        channels = _open_channels(job, run_dir)
+        paths = _prepare(job, limits, profile, run_dir, channels)
         if profile.cgroups is not None:
-            cgroups = profile.cgroups.create(uuid.uuid4().hex[:12], limits.memory_mb << 20, limits.max_pids)
+            # the private tmpfs is memory charged to this cgroup: give it room on top of the memory budget
+            memory = (limits.memory_mb + (limits.disk_mb if profile.bwrap else 0)) << 20
+            cgroups = profile.cgroups.create(uuid.uuid4().hex[:12], memory, limits.max_pids, limits.cpus)
         seccomp_fd = os.open(profile.seccomp_path, os.O_RDONLY) if profile.bwrap and profile.seccomp_path else None
-        try:
-            argv, env, cwd = _argv(paths, limits, profile, cgroups.procs_files if cgroups else [], seccomp_fd)
-            stdout_path, stderr_path = os.path.join(run_dir, "stdout"), os.path.join(run_dir, "stderr")
-            with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-                proc = sandbox_spawner.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                                             cwd=cwd, start_new_session=True, close_fds=True,
-                                             pass_fds=() if seccomp_fd is None else (seccomp_fd,))
-        finally:
-            if seccomp_fd is not None:
-                os.close(seccomp_fd)
+        argv, env, cwd = _argv(paths, limits, profile, cgroups, seccomp_fd)
+        with open(os.path.join(run_dir, "stdout"), "wb") as out, open(os.path.join(run_dir, "stderr"), "wb") as err:
+            proc = sandbox_spawner.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                                         cwd=cwd, start_new_session=True, close_fds=True,
+                                         pass_fds=tuple(channels.values()) + ((seccomp_fd,) if seccomp_fd else ()))
+        for fd in [*channels.values(), seccomp_fd]:
+            if fd is not None:
+                os.close(fd)
+        channels, seccomp_fd = {}, None
         timed_out = not _wait_exit(proc, limits.timeout_s)
-        _kill_tree(proc, cgroups)  # unconditionally: setsid escapees must not touch out/ while we read it
+        _kill_tree(proc, cgroups)  # unconditionally: setsid escapees must not touch the channels while we read
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        outcome = _classify(paths, limits, job.result, proc.returncode, timed_out, cgroups)
+        outcome = _classify(paths, limits, job, proc.returncode, timed_out, cgroups)
         outcome.stdout_tail = read_tail(run_dir, "stdout", limits.tail_chars)
         outcome.stderr_tail = read_tail(run_dir, "stderr", limits.tail_chars)
     finally:
+        for fd in [*channels.values(), seccomp_fd]:
+            if fd is not None:
+                os.close(fd)
         if cgroups is not None:
             cgroups.destroy()
-        _remove_tree(run_dir)
+        remove_tree(run_dir)  # never raises; what it cannot delete, the reaper deletes after we are gone
     outcome.wall_s = time.perf_counter() - t0
     return outcome
 
 
-def _classify(paths: cmd.RunPaths, limits: Limits, result_format: str, rc: int | None, timed_out: bool,
+def _classify(paths: cmd.RunPaths, limits: Limits, job: SandboxJob, rc: int | None, timed_out: bool,
               cgroups) -> SandboxOutcome:
     """Decide the status before looking at any result: timeout -> oom -> crash -> result."""
     pids_hit = bool(cgroups and cgroups.pids_limit_hits())
@@ -255,10 +281,11 @@ def _classify(paths: cmd.RunPaths, limits: Limits, result_format: str, rc: int |
     if timed_out:
         return SandboxOutcome("timeout", f"exceeded the {limits.timeout_s:g} s time limit and was killed", **base)
     if cgroups is not None and cgroups.oom_kills() > 0:
-        return SandboxOutcome("oom", f"killed by the {limits.memory_mb} MB memory limit", **base)
+        return SandboxOutcome("oom", f"killed by the {limits.memory_mb} MB memory limit (+{limits.disk_mb} MB for its "
+                                     "files: tmpfs pages and inodes are memory)", **base)
     try:
-        raw = read_capped(paths.out_dir, "status.json", STATUS_CAP)
-        status = parse_json(raw) if raw is not None else None
+        raw = read_capped(paths.run_dir, STATUS_FILE, STATUS_CAP)
+        status = parse_json(raw) if raw else None
     except ChannelError as e:
         return SandboxOutcome("runtime_error", f"unreadable status report ({e})", **base)
     if isinstance(status, dict) and status.get("error_type") == "MemoryError":
@@ -271,20 +298,23 @@ def _classify(paths: cmd.RunPaths, limits: Limits, result_format: str, rc: int |
     if status.get("ok") is not True or status["phase"] != "done":
         error = str(status.get("error", "unknown error"))[:500]
         phase = status["phase"]
+        if status.get("errno") in DISK_FULL:
+            return SandboxOutcome("runtime_error", f"disk quota exceeded: the program filled its {limits.disk_mb} MB "
+                                                   f"writable area ({error})", **base)
         kind = {"compile": "format_error", "entry": "format_error", "encode": "invalid"}.get(phase, "runtime_error")
         prefix = {"compile": "the program does not compile", "entry": "missing entry point",
-                  "encode": "the return value is not plain data", "setup": "sandbox setup failed",
+                  "encode": "the return value is not plain data", "setup": "sandbox setup failed", "write": "could not hand over the result",
                   "import": "the program raised while loading", "call": "the program raised"}.get(phase, phase)
         return SandboxOutcome(kind, f"{prefix}: {error}", **base)
-    return _read_result(paths, limits, result_format, base)
+    return _read_result(paths, limits, job.result, base)
 
 
 def _read_result(paths: cmd.RunPaths, limits: Limits, result_format: str, base: dict) -> SandboxOutcome:
-    """Only the format that was asked for is read; anything else in out/ is ignored."""
+    """Only the channel of the format that was asked for is read (empty = no result)."""
     name = "result.json" if result_format == "json" else "result.npz"
     try:
-        data = read_capped(paths.out_dir, name, limits.max_result_bytes)
-        if data is None:
+        data = read_capped(paths.run_dir, name, limits.max_result_bytes)
+        if not data:
             return SandboxOutcome("invalid", "the program reported success but left no result", **base)
         if result_format == "json":
             return SandboxOutcome("ok", value=parse_json(data), **base)

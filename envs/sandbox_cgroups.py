@@ -1,4 +1,4 @@
-"""Per-run cgroups: memory and pids limits, OOM detection and a whole-tree kill.
+"""Per-run cgroups: memory, pids and CPU-quota limits, OOM detection and a whole-tree kill.
 
 Works on cgroup v1, v2 and hybrid hosts. Every run gets leaves named `ttt_sandbox-<owner pid>-<run id>`
 inside this process's own cgroup of each hierarchy (delegation-friendly). The launcher shell
@@ -6,6 +6,8 @@ joins them before exec'ing the sandbox (never preexec_fn: not thread-safe in Ray
 parent dir is left in our cgroup, so whoever owns that cgroup can still remove it. Tree kill:
 v2 `cgroup.kill` (ignores setsid and namespaces), then v1 freezer freeze -> SIGKILL all -> thaw, then SIGKILL
 of every pid still listed in any of the run's cgroups. Leaves of dead owners are reaped when support is first detected.
+CPU: a quota of `cpus` CPUs per 100 ms period (v1 cpu.cfs_quota_us, v2 cpu.max), so a program with 4 busy
+threads and cpus=1 gets one CPU's worth of time, not the machine.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 LEAF_PREFIX = "ttt_sandbox-"  # leaves sit directly in our own cgroup: nothing persists after a run
+CPU_PERIOD_US = 100_000
 
 
 def _read(path: str) -> str:
@@ -36,7 +39,7 @@ def _write(path: str, value: str) -> bool:
 
 
 def _own_dirs() -> dict[str, str]:
-    """Map 'memory' / 'pids' / 'freezer' (v1) and 'unified' (v2) to this process's cgroup dir."""
+    """Map 'memory' / 'pids' / 'freezer' / 'cpu' (v1) and 'unified' (v2) to this process's cgroup dir."""
     mounts: dict[str, tuple[str, str]] = {}
     for line in _read("/proc/self/mountinfo").splitlines():
         left, _, right = line.partition(" - ")
@@ -47,7 +50,7 @@ def _own_dirs() -> dict[str, str]:
         if fstype == "cgroup2":
             mounts.setdefault("unified", (root, mount_point))
         elif fstype == "cgroup":
-            for ctrl in ("memory", "pids", "freezer"):
+            for ctrl in ("memory", "pids", "freezer", "cpu"):
                 if ctrl in options:
                     mounts.setdefault(ctrl, (root, mount_point))
     dirs = {}
@@ -81,16 +84,20 @@ class CgroupSupport:
         return "pids" in self.parents or "pids" in self.v2_controllers
 
     @property
+    def cpu(self) -> bool:
+        return "cpu" in self.parents or "cpu" in self.v2_controllers
+
+    @property
     def tree_kill(self) -> bool:
         """Every process of a run can be found (cgroup.procs) and killed, wherever it moved."""
         return self.kill_enabled and bool(self.parents)
 
     @property
     def any(self) -> bool:
-        return self.memory or self.pids or self.tree_kill
+        return self.memory or self.pids or self.cpu or self.tree_kill
 
     def without(self, feature: str) -> "CgroupSupport":
-        """A copy that no longer uses one feature: 'memory', 'pids' or 'kill'."""
+        """A copy that no longer uses one feature: 'memory', 'pids', 'cpu' or 'kill'."""
         if feature == "kill":
             return replace(self, kill_enabled=False)
         return replace(self, parents={k: v for k, v in self.parents.items() if k != feature},
@@ -111,7 +118,8 @@ class CgroupSupport:
             usable = {"unified": lambda: os.path.exists(os.path.join(probe, "cgroup.kill")),  # kernel >= 5.14
                       "memory": lambda: _write(os.path.join(probe, "memory.limit_in_bytes"), str(1 << 30)),
                       "pids": lambda: _write(os.path.join(probe, "pids.max"), "64"),
-                      "freezer": lambda: _write(os.path.join(probe, "freezer.state"), "THAWED")}[name]()
+                      "freezer": lambda: _write(os.path.join(probe, "freezer.state"), "THAWED"),
+                      "cpu": lambda: _write(os.path.join(probe, "cpu.cfs_quota_us"), str(CPU_PERIOD_US))}[name]()
             try:
                 os.rmdir(probe)
             except OSError:
@@ -138,7 +146,7 @@ class CgroupSupport:
                 if owner.isdigit() and os.path.isdir(leaf) and not os.path.exists(f"/proc/{owner}"):
                     RunCgroups(self, {hierarchy: leaf}).destroy()
 
-    def create(self, run_name: str, memory_bytes: int, max_pids: int) -> "RunCgroups | None":
+    def create(self, run_name: str, memory_bytes: int, max_pids: int, cpus: float = 1) -> "RunCgroups | None":
         dirs = {}
         for hierarchy, parent in self.parents.items():
             path = os.path.join(parent, f"{LEAF_PREFIX}{os.getpid()}-{run_name}")
@@ -150,7 +158,7 @@ class CgroupSupport:
         if not dirs:
             return None
         run = RunCgroups(self, dirs)
-        run.set_limits(memory_bytes, max_pids)
+        run.set_limits(memory_bytes, max_pids, cpus)
         return run
 
 
@@ -158,8 +166,15 @@ class CgroupSupport:
 class RunCgroups:
     support: CgroupSupport
     dirs: dict[str, str]  # hierarchy -> this run's leaf
+    cpu_limited: bool = False  # a CPU quota is in force (else the caller pins CPUs instead)
 
-    def set_limits(self, memory_bytes: int, max_pids: int) -> None:
+    def set_limits(self, memory_bytes: int, max_pids: int, cpus: float = 1) -> None:
+        quota = max(1000, int(cpus * CPU_PERIOD_US))
+        self.cpu_limited = False
+        if "cpu" in self.dirs:
+            leaf = self.dirs["cpu"]
+            self.cpu_limited = (_write(os.path.join(leaf, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
+                                and _write(os.path.join(leaf, "cpu.cfs_quota_us"), str(quota)))
         if "memory" in self.dirs:
             leaf = self.dirs["memory"]
             _write(os.path.join(leaf, "memory.limit_in_bytes"), str(memory_bytes))
@@ -174,6 +189,8 @@ class RunCgroups:
                 _write(os.path.join(leaf, "memory.oom.group"), "1")
             if "pids" in self.support.v2_controllers and "pids" not in self.dirs:
                 _write(os.path.join(leaf, "pids.max"), str(max_pids))
+            if "cpu" in self.support.v2_controllers and "cpu" not in self.dirs:
+                self.cpu_limited = _write(os.path.join(leaf, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
 
     @property
     def procs_files(self) -> list[str]:

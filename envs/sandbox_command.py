@@ -3,9 +3,11 @@
   sh (joins the run's cgroups, then exec)            -- only when cgroups are available
   prlimit --as --cpu --fsize --core --nofile [--nproc]
   setpriv --pdeathsig KILL [uid drop when no bwrap]
+  [taskset --cpu-list]                               -- only when there is no cpu cgroup (affinity fallback)
   bwrap: new ipc/pid/net/uts/cgroup namespaces (+user when not root), read-only system and interpreter,
-         private tmpfs /tmp, /dev/shm and /job (scratch; our inputs bound read-only into it), /out the only
-         host-writable dir, empty environment, die-with-parent, new session
+         one size-limited private tmpfs /tmp holding the cwd /job (our inputs bound read-only into it),
+         a small size-limited /dev/shm, everything else read-only; no host-writable dir at all (results
+         go through two inherited fds); empty environment, die-with-parent, new session
   setpriv --reuid/--regid 65534, no groups, no capabilities, pdeathsig   -- inside bwrap, when root
   seccomp filter: bwrap --seccomp FD, or loaded by the runner itself when there is no bwrap
   python -I -S runner.py                              -- execs the program, writes its outputs as data
@@ -27,15 +29,22 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NU
 ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime",
              "/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
 JOB_FILES = ("program.py", "call.json", "inputs.npz")
+JOB_IN_TMP = "/tmp/.job"  # the program's cwd; /job is a symlink to it
 
 
 @dataclass(frozen=True)
 class RunPaths:
-    run_dir: str
+    run_dir: str  # host dir of the run; also holds the channel files the parent reads
     job_dir: str  # host dir with our inputs (program.py, call.json, inputs.npz)
-    out_dir: str  # host dir the program may write (results)
     runner: str  # host path of the runner script
     seccomp: str | None  # host path of the compiled BPF filter
+
+
+def writable_area(disk_mb: int) -> tuple[int, int]:
+    """Bytes of the two private tmpfs: /tmp (with /job in it) and /dev/shm, together `disk_mb`."""
+    total = max(2, int(disk_mb)) << 20
+    shm = max(1 << 20, total // 4)  # semaphores and joblib memmaps; the rest is for files
+    return total - shm, shm
 
 
 def sandbox_env(cpus: int, home: str) -> dict[str, str]:
@@ -77,15 +86,18 @@ def _system_binds() -> list[str]:
     return args
 
 
-def bwrap_args(bwrap: str, paths: RunPaths, env: dict[str, str], memory_mb: int, as_root: bool,
+def bwrap_args(bwrap: str, paths: RunPaths, env: dict[str, str], disk_mb: int, as_root: bool,
                drop_uid_inside: bool, tmpfs_size: bool, seccomp_fd: int | None) -> list[str]:
-    made = {"/usr", "/etc", "/tmp", "/dev", "/proc", "/job", "/out", "/sandbox"}
+    made = {"/usr", "/etc", "/tmp", "/dev", "/proc", "/job", "/sandbox"}
     args = [bwrap] + _system_binds()
-    size = (lambda mb: ["--size", str(mb << 20)]) if tmpfs_size else (lambda mb: [])
+    tmp_bytes, shm_bytes = writable_area(disk_mb)
+    size = (lambda n: ["--size", str(n)]) if tmpfs_size else (lambda n: [])
+    # /job lives inside /tmp so that files, scratch and cwd share ONE quota (a separate tmpfs each would
+    # multiply it); bwrap's --dev already made /dev/shm a directory, so it gets its own small tmpfs.
     args += ["--proc", "/proc", "--dev", "/dev",
-             "--perms", "1777", *size(memory_mb), "--tmpfs", "/tmp",
-             "--perms", "1777", *size(max(16, memory_mb // 2)), "--tmpfs", "/dev/shm",
-             "--perms", "1777", *size(memory_mb), "--tmpfs", "/job"]
+             "--perms", "1777", *size(tmp_bytes), "--tmpfs", "/tmp",
+             "--perms", "1777", *size(shm_bytes), "--tmpfs", "/dev/shm",
+             "--perms", "1777", "--dir", JOB_IN_TMP, "--symlink", JOB_IN_TMP, "/job"]
     # After the tmpfs mounts, so an interpreter or venv that lives under /tmp (e.g. a CI checkout) stays visible
     for root in interpreter_roots():
         for parent in _ancestors(root):
@@ -94,9 +106,11 @@ def bwrap_args(bwrap: str, paths: RunPaths, env: dict[str, str], memory_mb: int,
                 made.add(parent)
         args += ["--ro-bind", root, root]
     for name in JOB_FILES:
-        args += ["--ro-bind-try", os.path.join(paths.job_dir, name), f"/job/{name}"]
-    args += ["--bind", paths.out_dir, "/out", "--perms", "0755", "--dir", "/sandbox",
-             "--ro-bind", paths.runner, "/sandbox/runner.py"]
+        args += ["--ro-bind-try", os.path.join(paths.job_dir, name), f"{JOB_IN_TMP}/{name}"]
+    args += ["--perms", "0755", "--dir", "/sandbox", "--ro-bind", paths.runner, "/sandbox/runner.py"]
+    # bwrap's own root and /dev are unsized tmpfs owned by the sandbox uid when it runs unprivileged:
+    # read-only, so the sized tmpfs above are the only places a program can write
+    args += ["--remount-ro", "/dev", "--remount-ro", "/"]
     if seccomp_fd is not None:  # the kernel installs it before exec'ing the command (no cost in the runner)
         args += ["--seccomp", str(seccomp_fd)]
     args += ["--chdir", "/job", "--die-with-parent", "--new-session", "--clearenv"]
@@ -121,6 +135,11 @@ def prlimit_args(prlimit: str, cpu_s: int, as_bytes: int, fsize: int, nofile: in
     args = [prlimit, f"--as={as_bytes}", f"--cpu={cpu_s}:{cpu_s + 1}", f"--fsize={fsize}", "--core=0",
             f"--nofile={nofile}"]
     return args + ([f"--nproc={nproc}"] if nproc else [])
+
+
+def affinity_args(taskset: str, cores: list[int]) -> list[str]:
+    """Pin the run to `cores` (the CPU bound where there is no cpu cgroup; RLIMIT_CPU caps the total)."""
+    return [taskset, "--cpu-list", ",".join(str(c) for c in cores)]
 
 
 def cgroup_launcher(procs_files: list[str]) -> list[str]:

@@ -18,9 +18,11 @@ import tempfile
 from dataclasses import dataclass, field, replace
 
 from envs.sandbox_cgroups import CgroupSupport
+from envs.sandbox_cleanup import reap_dead_runs
 
 log = logging.getLogger("envs.sandbox")
-LAYERS = ("cgroup_memory", "cgroup_pids", "cgroup_kill", "prlimit", "pdeathsig", "uid_drop", "bwrap", "seccomp")
+LAYERS = ("cgroup_memory", "cgroup_pids", "cgroup_kill", "cgroup_cpu", "prlimit", "pdeathsig", "uid_drop", "bwrap",
+          "disk_quota", "seccomp")
 _TOOL_DIRS = "/usr/bin:/bin:/usr/sbin:/sbin:/usr/local/bin"
 
 
@@ -33,7 +35,8 @@ class SandboxProfile:
     setpriv: str | None = None
     drop_uid: bool = False
     bwrap: str | None = None
-    bwrap_tmpfs_size: bool = False
+    bwrap_tmpfs_size: bool = False  # bwrap can size its tmpfs: the program's writable area is bounded
+    taskset: str | None = None  # CPU affinity: the CPU bound where no cpu cgroup is writable
     seccomp_path: str | None = None
     runner_path: str = ""
     runs_dir: str = ""
@@ -46,8 +49,9 @@ class SandboxProfile:
     def layers(self) -> dict[str, bool]:
         cg = self.cgroups
         return {"cgroup_memory": bool(cg and cg.memory), "cgroup_pids": bool(cg and cg.pids),
-                "cgroup_kill": bool(cg and cg.tree_kill), "prlimit": bool(self.prlimit),
-                "pdeathsig": bool(self.setpriv), "uid_drop": self.drop_uid, "bwrap": bool(self.bwrap),
+                "cgroup_kill": bool(cg and cg.tree_kill), "cgroup_cpu": bool(cg and cg.cpu),
+                "prlimit": bool(self.prlimit), "pdeathsig": bool(self.setpriv), "uid_drop": self.drop_uid,
+                "bwrap": bool(self.bwrap), "disk_quota": bool(self.bwrap and self.bwrap_tmpfs_size),
                 "seccomp": bool(self.seccomp_path)}
 
     def without(self, layer: str, reason: str) -> "SandboxProfile":
@@ -60,8 +64,11 @@ class SandboxProfile:
             if self.drop_uid:
                 off["uid_drop"] = f"needs setpriv, which is off ({reason})"
             return replace(self, off=off, setpriv=None, drop_uid=False)
+        if layer == "bwrap" and self.bwrap_tmpfs_size:  # the quota is bwrap's sized tmpfs
+            off["disk_quota"] = f"needs bwrap, which is off ({reason}): the program writes to host dirs"
         field_name, value = {"prlimit": ("prlimit", None), "uid_drop": ("drop_uid", False),
-                             "bwrap": ("bwrap", None), "seccomp": ("seccomp_path", None)}[layer]
+                             "bwrap": ("bwrap", None), "disk_quota": ("bwrap_tmpfs_size", False),
+                             "seccomp": ("seccomp_path", None)}[layer]
         return replace(self, off=off, **{field_name: value})
 
 
@@ -91,14 +98,6 @@ def _install_file(lib_dir: str, name: str, data: bytes) -> str:
     return path
 
 
-def _reap_runs(runs_dir: str) -> None:
-    """Delete run dirs of processes that died mid-run (their names start with the owner's pid)."""
-    for name in os.listdir(runs_dir):
-        owner = name.split("-", 1)[0]
-        if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
-            shutil.rmtree(os.path.join(runs_dir, name), ignore_errors=True)
-
-
 def _which(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path=_TOOL_DIRS)
 
@@ -110,14 +109,18 @@ def _candidate_profile(disabled: set[str]) -> SandboxProfile:
     with open(os.path.join(os.path.dirname(__file__), "sandbox_runner.py"), "rb") as f:
         runner = f.read()
     runner_path = _install_file(lib_dir, "runner.py", runner)
-    _reap_runs(runs_dir)
+    reap_dead_runs(runs_dir)  # run dirs of processes that died mid-run; never raises, whatever they hold
     off: dict[str, str] = {}
     cgroups = CgroupSupport.detect()
     for layer, have in (("cgroup_memory", cgroups.memory), ("cgroup_pids", cgroups.pids),
                         ("cgroup_kill", cgroups.tree_kill)):
         if not have:
             off[layer] = "no writable cgroup hierarchy for it (no delegation)"
-    tools = {name: _which(name) for name in ("prlimit", "setpriv", "bwrap")}
+    tools = {name: _which(name) for name in ("prlimit", "setpriv", "bwrap", "taskset")}
+    if not cgroups.cpu:
+        fallback = ("pinned to `cpus` cores with taskset" if tools["taskset"] else "taskset missing too: only")
+        off["cgroup_cpu"] = (f"no writable cpu controller (no delegation): {fallback} + RLIMIT_CPU "
+                             "(timeout x cpus CPU-seconds in total)")
     for name, layer in (("prlimit", "prlimit"), ("setpriv", "pdeathsig"), ("bwrap", "bwrap")):
         if not tools[name]:
             off[layer] = f"`{name}` not installed (scripts/install_sandbox_tools.sh)"
@@ -140,9 +143,14 @@ def _candidate_profile(disabled: set[str]) -> SandboxProfile:
             tmpfs_size = "--size" in usage.stdout + usage.stderr
         except (OSError, subprocess.SubprocessError):
             pass
+    if tools["bwrap"] and not tmpfs_size:
+        off["disk_quota"] = "this bwrap has no --size (needs >= 0.8): the private tmpfs is unbounded"
+    elif not tools["bwrap"]:
+        off["disk_quota"] = "needs bwrap: without it the program writes to host dirs"
     profile = SandboxProfile(cgroups=cgroups if cgroups.any else None,
                              prlimit=tools["prlimit"], setpriv=tools["setpriv"], drop_uid=drop_uid,
-                             bwrap=tools["bwrap"], bwrap_tmpfs_size=tmpfs_size, seccomp_path=seccomp_path,
+                             bwrap=tools["bwrap"], bwrap_tmpfs_size=tmpfs_size, taskset=tools["taskset"],
+                             seccomp_path=seccomp_path,
                              runner_path=runner_path, runs_dir=runs_dir, off=off)
     for layer in disabled:
         profile = profile.without(layer, "disabled by TTT_SANDBOX_DISABLE")

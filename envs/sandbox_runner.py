@@ -1,6 +1,6 @@
 """In-sandbox runner: executes ONE candidate program and writes its outputs as data, never a score.
 
-Run as `python -I -S sandbox_runner.py [JOB_DIR OUT_DIR]` (defaults /job and /out, the bwrap mount points).
+Run as `python -I -S sandbox_runner.py [JOB_DIR]` (default /job, the bwrap mount point).
 Stdlib only (numpy is imported only when the job has array inputs or an npz result), so that a trivial
 program costs little more than `python -c pass`.
 
@@ -9,9 +9,11 @@ re-validates every byte (envs/result_channel.py) and computes scores itself. The
   1. applies resource limits and the seccomp filter before any candidate code runs (belt and braces:
      when the outer `prlimit` is missing these are the only limits);
   2. execs the program and calls its entry function as `call.json` says;
-  3. converts the return value into plain data: `result.npz` (numeric arrays, no pickle) or
-     `result.json` (no NaN/Infinity), written to a temp name and renamed;
-  4. writes `status.json` last, with the phase that failed and a short error if any.
+  3. converts the return value into plain data: npz (numeric arrays, no pickle) or JSON (no NaN/Infinity),
+     written to the result channel;
+  4. writes the status last, with the phase that failed and a short error (and errno) if any.
+The channels are two host files the parent created and passed as inherited fds (numbers in call.json): the
+program gets no host directory it could fill with files, and each fd is capped by RLIMIT_FSIZE.
 """
 
 import json
@@ -21,11 +23,12 @@ import sys
 PHASES = ("setup", "compile", "import", "entry", "call", "encode")
 
 
-def _write_atomic(out_dir, name, data):
-    tmp = os.path.join(out_dir, "." + name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, os.path.join(out_dir, name))
+def _write_channel(fd, data):
+    """Replace the whole content of a channel fd (the program may have written to it too)."""
+    os.ftruncate(fd, 0)
+    view, offset = memoryview(data), 0
+    while offset < len(view):
+        offset += os.pwrite(fd, view[offset:], offset)
 
 
 def _error_text(exc):
@@ -119,8 +122,9 @@ def _load_inputs(job_dir, spec):
         return {name: z[name] for name in z.files}
 
 
-def run(job_dir, out_dir):
+def run(job_dir):
     status = {"phase": "setup", "ok": False}
+    spec = {}
     try:
         with open(os.path.join(job_dir, "call.json"), "rb") as f:
             spec = json.loads(f.read())
@@ -169,7 +173,7 @@ def run(job_dir, out_dir):
                 except Exception as exc:  # one failing test must not hide the others
                     results.append({"error": _error_text(exc)})
             status["phase"] = "encode"
-            _write_atomic(out_dir, "result.json", _to_json(results, cap))
+            _write_channel(spec["result_fd"], _to_json(results, cap))
         else:
             kwargs = dict(spec.get("kwargs", {}))
             for name in spec.get("input_kwargs", []):
@@ -178,24 +182,31 @@ def run(job_dir, out_dir):
             value = fn(*spec.get("args", []), **kwargs)
             status["phase"] = "encode"
             if spec.get("result") == "json":
-                _write_atomic(out_dir, "result.json", _to_json(value, cap))
+                data = _to_json(value, cap)
             else:
-                _write_atomic(out_dir, "result.npz", _to_npz(value, cap, spec.get("split", True)))
+                data = _to_npz(value, cap, spec.get("split", True))
+            status["phase"] = "write"
+            _write_channel(spec["result_fd"], data)
         status = {"phase": "done", "ok": True}
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: record, never hang
         status["error"] = _error_text(exc)
         status["error_type"] = type(exc).__name__
+        if isinstance(exc, OSError) and isinstance(exc.errno, int):  # e.g. ENOSPC: the writable area is full
+            status["errno"] = exc.errno
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except BaseException:
         pass
-    _write_atomic(out_dir, "status.json", json.dumps(status).encode("utf-8"))
+    try:
+        _write_channel(spec["status_fd"], json.dumps(status).encode("utf-8"))
+    except BaseException:  # no channel (bad call.json, or the program closed it): the parent sees no status
+        return 2
     return 0 if status["ok"] else 1
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    code = run(args[0] if args else "/job", args[1] if len(args) > 1 else "/out")
+    code = run(args[0] if args else "/job")
     # Leave now: a program's leftover non-daemon threads or atexit hooks must not delay or alter the exit.
     os._exit(code)

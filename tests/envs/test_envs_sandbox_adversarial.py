@@ -23,9 +23,11 @@ from sandbox_helpers import processes_with, require, require_any
 from envs.base import State
 from envs.circle_packing import CirclePackingEnv
 
-# Where a program can write its own result files, with and without bwrap's /out mount point.
-FIND_OUT = 'OUT = "/out" if os.path.isdir("/out") else sys.argv[2]\n'
-FAKE_STATUS = 'open(os.path.join(OUT, "status.json"), "w").write(\'{"phase": "done", "ok": true}\')\n'
+# The program shares a process with the runner, so it can write the runner's channel fds (named in
+# call.json, in its cwd) itself; the parent must treat those bytes as hostile.
+CHANNEL = ('import json\nSPEC = json.load(open("call.json"))\n'
+           'def channel(key):\n    return os.fdopen(os.dup(SPEC[key]), "wb")\n')
+FAKE_STATUS = 'channel("status_fd").write(b\'{"phase": "done", "ok": true}\')\n'
 CLAIM = "    return np.full((26, 2), 0.5), np.full(26, 0.5), 1e9\n"  # all circles on top of each other
 
 
@@ -264,8 +266,8 @@ def test_pickle_payload_in_the_result_is_never_loaded(tmp_path):
             def __reduce__(self):
                 return (os.system, ("touch {marker}",))
     """)
-    body = FIND_OUT + textwrap.dedent("""
-    with open(os.path.join(OUT, "result.npz"), "wb") as f:
+    body = CHANNEL + textwrap.dedent("""
+    with channel("result_fd") as f:
         np.savez(f, r0=np.array([Payload()], dtype=object), r1=np.array([Payload()], dtype=object))
     """) + FAKE_STATUS + "os._exit(0)\n"
     r = verify(program(body, header))
@@ -273,23 +275,31 @@ def test_pickle_payload_in_the_result_is_never_loaded(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("kind,reason", [("symlink", "cannot open safely"), ("fifo", "not a regular file"),
-                                         ("huge", "over the"), ("compressed", "compressed")])
+PLANT_EVERYWHERE = ('for d in (".", "/tmp", "/out", os.path.dirname(os.getcwd())):\n'
+                    '    try:\n        {}\n    except OSError:\n        pass\n')
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("symlink", "left no result"), ("fifo", "left no result"), ("file", "left no result"),
+    ("huge", "over the"), ("compressed", "compressed"), ("closed", "without reporting")])
 def test_planted_result_files_are_rejected(kind, reason):
-    plant = {
-        "symlink": 'os.symlink("/etc/passwd", os.path.join(OUT, "result.npz"))\n',
-        "fifo": 'os.mkfifo(os.path.join(OUT, "result.npz"))\n',
-        "huge": 'f = open(os.path.join(OUT, "result.npz"), "wb"); f.truncate(40 * 1024 ** 2); f.close()\n',
-        "compressed": 'np.savez_compressed(os.path.join(OUT, "result.npz"), r0=np.zeros((26, 2)), r1=np.full(26, 0.5))\n',
+    plant = {  # files planted where the result once lived are never read; the channel's bytes are checked
+        "symlink": PLANT_EVERYWHERE.format('os.symlink("/etc/passwd", os.path.join(d, "result.npz"))'),
+        "fifo": PLANT_EVERYWHERE.format('os.mkfifo(os.path.join(d, "result.npz"))'),
+        "file": PLANT_EVERYWHERE.format('np.savez(os.path.join(d, "result.npz"), r0=np.zeros((26, 2)))'),
+        "huge": 'f = channel("result_fd"); f.truncate(40 * 1024 ** 2); f.close()\n',
+        "compressed": 'np.savez_compressed(channel("result_fd"), r0=np.zeros((26, 2)), r1=np.full(26, 0.5))\n',
+        "closed": 'os.close(SPEC["status_fd"]); os.close(SPEC["result_fd"])\nos._exit(0)\n',
     }[kind]
     t0 = time.monotonic()
-    r = verify(program(FIND_OUT + plant + FAKE_STATUS + "os._exit(0)\n"))
-    assert r.status == "invalid" and r.reward == 0.0 and reason in r.message, r.message
+    r = verify(program(CHANNEL + plant + FAKE_STATUS + "os._exit(0)\n"))
+    expected = "runtime_error" if kind == "closed" else "invalid"  # no status at all: the run crashed
+    assert r.status == expected and r.reward == 0.0 and reason in r.message, r.message
     assert time.monotonic() - t0 < 19  # a FIFO must not hang the reader (the program itself exits at once)
 
 
 def test_no_stale_result_is_reused():
     valid = CirclePackingEnv(n=26).baseline_program()
     assert verify(valid).ok
-    r = verify(program(FIND_OUT + FAKE_STATUS + "os._exit(0)\n"))
+    r = verify(program(CHANNEL + FAKE_STATUS + "os._exit(0)\n"))
     assert r.status == "invalid" and "left no result" in r.message
