@@ -28,7 +28,7 @@ from envs.step_functions import AC1_MAX_HEIGHT, AC1_MIN_TOTAL, first_autocorrela
 BASELINE = '''import numpy as np
 
 def propose_candidate(seed=42, budget_s=1000):
-    return np.ones(600)  # flat: C1 = 2
+    return np.ones(1000)  # flat: C1 = 2; 1,000 pieces, the fewest the state buffer keeps
 '''
 
 
@@ -54,7 +54,9 @@ class FirstAutocorrelationEnv(SequenceEnv):
             "autocorrelation constant C1 = max_t (f*f)(t) / (integral of f)^2. For heights a_0..a_{n-1} this is "
             "C1 = 2n * max(np.convolve(a, a)) / (sum a)^2; a flat function gives 2. Negative heights count as 0, "
             f"heights above {AC1_MAX_HEIGHT:g} as {AC1_MAX_HEIGHT:g}, and the sum must be at least {AC1_MIN_TOTAL:g}. "
-            f"Use between {self.min_length} and {self.max_length} pieces. Lower C1 is better; the best known "
+            f"Use between {self.min_length} and {self.max_length} pieces (only constructions of "
+            f"{self.buffer_lengths[0]:,} to {self.buffer_lengths[1]:,} pieces are kept to build on later). "
+            "Lower C1 is better; the best known "
             "constructions use thousands of pieces (AlphaEvolve: 1.50529 with 600; TTT-Discover: 1.50286 with "
             "30,000). Useful idea: repeatedly solve a linear program that lowers the largest autoconvolution "
             "values while keeping the integral fixed, then refine or upsample.")

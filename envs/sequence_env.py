@@ -38,7 +38,8 @@ class SequenceEnv(ProgramEnv):
     injected_name = "height_sequence"
     reference_key = ""
     baseline = ""
-    call_kwargs: tuple = ()  # names of (seed, budget_s) style keyword arguments the entry receives
+    call_kwargs = ()  # names of (seed, budget_s) style keyword arguments the entry receives (a class attribute:
+    # as a dataclass field, the subclasses' values would be replaced by this default in __init__)
     split_result = False  # the entry returns one sequence (Erdős returns a tuple and sets this True)
     # Lengths a child's construction may have to enter the state buffer (TTT-Discover's PUCTSampler.update_states:
     # AC1/AC2 1,000..100,000 pieces, Erdős at most 1,000); longer or shorter ones are still scored and rewarded.

@@ -117,3 +117,16 @@ def test_initial_states_follow_ttt_discover():
     assert "def run_packing" in none.code and none.construction is None
     with pytest.raises(ValueError, match="initial_state"):
         CirclePackingEnv(initial_state="greedy")
+
+
+@pytest.mark.parametrize("env_cls", [FirstAutocorrelationEnv, ErdosMinOverlapEnv])
+def test_entry_receives_seed_and_budget_as_the_prompt_says(env_cls):
+    """The prompt promises `seed=42, budget_s=...`; a program without defaults would fail if they were not
+    passed (call_kwargs once was a dataclass field whose default () silently replaced the subclasses')."""
+    env = env_cls(timeout_s=20)
+    assert env.call_kwargs == ("seed", "budget_s")
+    body = "h = [0.5] * 1000\n    return (h, 0.0, 1000) if ENTRY == 'run' else h"
+    program = (f"ENTRY = {env.entry!r}\n\ndef {env.entry}(seed, budget_s):\n"
+               f"    assert seed == 42 and budget_s == {env.budget_s}, (seed, budget_s)\n    {body}\n")
+    result = env.verify(program, State())
+    assert result.ok, result.message
