@@ -4,15 +4,21 @@ Everything in a run's out/ dir was written by untrusted code. Rules (SANDBOX.md 
   * open with O_NOFOLLOW | O_NONBLOCK relative to the out dir's fd: a planted symlink fails (ELOOP),
     a FIFO never blocks, and only a regular file (S_ISREG) under the size cap is read;
   * npz: a zip whose members are exactly r0.npy, r1.npy, ..., each stored uncompressed (no zip bombs) with a
-    declared size under the cap, each parsed with np.load(allow_pickle=False) (no pickle payloads);
-  * JSON: capped bytes, NaN/Infinity rejected, bounded nesting.
+    declared size under the cap and together no larger than the file (no members sharing bytes); each .npy
+    header is parsed by us and checked BEFORE anything is allocated: a plain numeric dtype (no object, no
+    structured or subarray dtypes, so never pickle), a shape whose byte count equals the bytes present (a
+    header claiming a 64 TiB array made np.load allocate it); the array is then a view of those bytes;
+  * JSON: capped bytes, NaN/Infinity (also as overflowing literals like 1e999) rejected, bounded nesting,
+    integers bounded in length.
 Failures raise ChannelError with a one-line reason; the caller turns that into an `invalid` record.
 """
 
 from __future__ import annotations
 
+import ast
 import io
 import json
+import math
 import os
 import re
 import stat
@@ -76,6 +82,49 @@ def read_tail(dir_path: str, name: str, n_chars: int) -> str:
 
 
 _MEMBER = re.compile(r"r(\d{1,3})\.npy")
+_NPY_MAGIC = b"\x93NUMPY"
+_MAX_HEADER = 4096  # numpy writes ~128 bytes; its own loader's default limit is 10000
+_MAX_ITEMSIZE = 16  # complex128 / float128
+
+
+def parse_npy(raw: bytes, cap: int, name: str = "array") -> np.ndarray:
+    """One .npy file's array, validated from its header before any allocation; a read-only view of `raw`."""
+    if len(raw) < 10 or raw[:6] != _NPY_MAGIC:
+        raise ChannelError(f"{name} is not a .npy array")
+    major = raw[6]
+    if major == 1:
+        header_len, start = int.from_bytes(raw[8:10], "little"), 10
+    elif major in (2, 3):
+        header_len, start = int.from_bytes(raw[8:12], "little"), 12
+    else:
+        raise ChannelError(f"{name} has unknown .npy version {major}")
+    if header_len > _MAX_HEADER or start + header_len > len(raw):
+        raise ChannelError(f"{name} has a {header_len} byte header (at most {_MAX_HEADER}, within the file)")
+    try:
+        header = ast.literal_eval(raw[start:start + header_len].decode("latin1"))
+    except (ValueError, SyntaxError, MemoryError, RecursionError, UnicodeDecodeError):
+        raise ChannelError(f"{name} has an unreadable header") from None
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise ChannelError(f"{name} header must have exactly descr, fortran_order and shape")
+    descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
+    if not isinstance(descr, str) or not isinstance(fortran, bool) or not isinstance(shape, tuple):
+        raise ChannelError(f"{name} header has fields of the wrong type")
+    if len(shape) > 32 or not all(type(d) is int and d >= 0 for d in shape):
+        raise ChannelError(f"{name} has an invalid shape")
+    try:
+        dtype = np.dtype(descr)
+    except (TypeError, ValueError):
+        raise ChannelError(f"{name} has an unknown dtype {descr[:40]!r}") from None
+    if dtype.kind not in "biuf" or dtype.names is not None or dtype.shape != () or dtype.itemsize > _MAX_ITEMSIZE:
+        raise ChannelError(f"{name} has dtype {descr[:40]!r}, not numeric")
+    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow, whatever the header claims
+    body = len(raw) - start - header_len
+    if nbytes > cap:
+        raise ChannelError(f"{name} claims {nbytes} bytes of data, over the {cap} byte cap")
+    if nbytes != body:
+        raise ChannelError(f"{name} claims {nbytes} bytes of data but holds {body}")
+    flat = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=start + header_len)
+    return flat.reshape(shape, order="F" if fortran else "C").copy()  # writable, like np.load's arrays
 
 
 def parse_npz(data: bytes, member_cap: int) -> list[np.ndarray]:
@@ -85,7 +134,9 @@ def parse_npz(data: bytes, member_cap: int) -> list[np.ndarray]:
         infos = zf.infolist()
     except (zipfile.BadZipFile, ValueError, OSError) as e:
         raise ChannelError(f"result.npz is not a valid zip ({e})") from None
-    index = {}
+    if len(infos) > 1000:
+        raise ChannelError(f"result.npz has {len(infos)} members")
+    index, declared = {}, 0
     for info in infos:
         m = _MEMBER.fullmatch(info.filename)
         if m is None:
@@ -95,18 +146,21 @@ def parse_npz(data: bytes, member_cap: int) -> list[np.ndarray]:
         if info.file_size > member_cap:
             raise ChannelError(f"result.npz member {info.filename} declares {info.file_size} bytes, over the cap")
         index[int(m.group(1))] = info
+        declared += info.file_size
+    if declared > len(data):  # stored members cannot add up to more than the file unless they share bytes
+        raise ChannelError(f"result.npz members declare {declared} bytes in a {len(data)} byte file")
     if sorted(index) != list(range(len(index))):
         raise ChannelError("result.npz members are not r0..rN without gaps")
     arrays = []
     for i in range(len(index)):
         try:
             raw = zf.read(index[i])
-            arr = np.load(io.BytesIO(raw), allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as e:
-            raise ChannelError(f"result.npz member r{i} is not a plain numeric array ({str(e)[:120]})") from None
-        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-            raise ChannelError(f"result.npz member r{i} has dtype {getattr(arr, 'dtype', '?')}, not numeric")
-        arrays.append(arr)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, NotImplementedError) as e:
+            raise ChannelError(f"result.npz member r{i} cannot be read ({str(e)[:120]})") from None
+        try:
+            arrays.append(parse_npy(raw, member_cap, f"result.npz member r{i}"))
+        except ChannelError as e:
+            raise ChannelError(f"{e}: not a plain numeric array") from None
     return arrays
 
 
@@ -114,8 +168,15 @@ def _reject_constant(name: str) -> Any:
     raise ChannelError(f"JSON contains {name}, which is not a finite number")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ChannelError(f"JSON number {text[:40]} is not a finite float")
+    return value
+
+
 def parse_json(data: bytes, max_depth: int = 32) -> Any:
-    """Strict JSON: UTF-8, no NaN/Infinity, nesting at most `max_depth`."""
+    """Strict JSON: UTF-8, finite numbers only, nesting at most `max_depth`, integers of at most 4300 digits."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -140,11 +201,17 @@ def parse_json(data: bytes, max_depth: int = 32) -> Any:
         elif ch in "]}":
             depth -= 1
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int)
     except ChannelError:
         raise
-    except (ValueError, RecursionError) as e:
+    except (ValueError, RecursionError, MemoryError) as e:
         raise ChannelError(f"JSON does not parse ({str(e)[:120]})") from None
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 4300:  # Python's own int/str limit; quadratic conversion beyond it
+        raise ChannelError(f"JSON integer of {len(text)} digits")
+    return int(text)
 
 
 def finite_float_array(value: Any, name: str, shape: tuple[int | None, ...]) -> np.ndarray:

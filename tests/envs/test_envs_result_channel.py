@@ -98,3 +98,73 @@ def test_finite_float_array_checks_type_shape_and_finiteness():
                                  (np.array([True, False]), (2,), "numeric"), ([1.0, 2.0], (2,), "numeric")):
         with pytest.raises(ChannelError, match=reason):
             finite_float_array(value, "x", shape)
+
+
+# --- headers that lie about sizes (issue 14 item 3): validated before anything is allocated -------------
+
+def npy_bytes(header: str, body: bytes = b"", version: int = 1) -> bytes:
+    text = header.encode("latin1")
+    text += b" " * (-(len(text) + 11) % 64) + b"\n"
+    size = len(text).to_bytes(2 if version == 1 else 4, "little")
+    return b"\x93NUMPY" + bytes([version, 0]) + size + text + body
+
+
+def stored_npz(**members: bytes) -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, raw in members.items():
+            zf.writestr(name + ".npy", raw)
+    return buf.getvalue()
+
+
+TIB64 = 64 << 40
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (npy_bytes(f"{{'descr': '<f8', 'fortran_order': False, 'shape': ({TIB64 // 8},), }}", b"\0" * 64), "claims"),
+    (npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2147483648, 2147483648, 2147483648), }"), "claims"),
+    (npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (4,), }", b"\0" * 16), "holds 16"),
+    (npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (-1,), }"), "invalid shape"),
+    (npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (1.5,), }"), "invalid shape"),
+    (npy_bytes("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }", b"\0" * 8), "not numeric"),
+    (npy_bytes("{'descr': [('a', '<f8')], 'fortran_order': False, 'shape': (1,), }", b"\0" * 8), "wrong type"),
+    (npy_bytes("{'descr': '<V1000000', 'fortran_order': False, 'shape': (1,), }"), "not numeric"),
+    (npy_bytes("{'descr': '<f8', 'fortran_order': 0, 'shape': (1,), }", b"\0" * 8), "wrong type"),
+    (npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), 'x': 1}", b"\0" * 8), "exactly"),
+    (npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }" + " " * 70000, b"\0" * 8, 2), "header"),
+    (npy_bytes("__import__('os').system('true')"), "unreadable header"),
+    (npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': " + "(" * 500 + ")" * 500 + "}"), "header"),
+    (b"\x93NUMPY\x09\x00", "not a .npy"),
+    (b"\x93NUMPY\x07\x00\x10\x00" + b" " * 16, "version"),
+])
+def test_parse_npz_checks_npy_headers_before_allocating(raw, reason):
+    with pytest.raises(ChannelError, match=reason):
+        parse_npz(stored_npz(r0=raw), 8 << 20)
+
+
+def test_parse_npz_reads_valid_headers_of_every_layout():
+    c = np.arange(12, dtype=np.int32).reshape(3, 4)
+    for arr in (c, np.asfortranarray(c), np.zeros((0, 5)), np.float32(2.5), np.array([True, False])):
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        (got,) = parse_npz(stored_npz(r0=buf.getvalue()), 1 << 20)
+        assert got.dtype == np.asarray(arr).dtype and np.array_equal(got, arr) and got.flags.writeable
+
+
+def test_parse_npz_rejects_members_declaring_more_than_the_file():
+    data = bytearray(npz_bytes(r0=np.zeros(4)))
+    central = data.rindex(b"PK\x01\x02")
+    lie = (len(data) + 100).to_bytes(4, "little")
+    data[central + 20:central + 28] = lie + lie  # compressed and uncompressed size
+    with pytest.raises(ChannelError):
+        parse_npz(bytes(data), 8 << 20)
+
+
+@pytest.mark.parametrize("text,reason", [(b"[1e999]", "not a finite"), (b'{"a": -1e400}', "not a finite"),
+                                         (b"[" + b"7" * 5000 + b"]", "integer"), (b"[NaN]", "NaN"),
+                                         (b"[" * 33 + b"]" * 33, "deeper"), (b'"\xff"', "UTF-8")])
+def test_parse_json_rejects_overflowing_and_oversized_values(text, reason):
+    with pytest.raises(ChannelError, match=reason):
+        parse_json(text)

@@ -275,13 +275,22 @@ def test_pickle_payload_in_the_result_is_never_loaded(tmp_path):
     assert not marker.exists()
 
 
+LYING_NPZ = textwrap.dedent("""
+    import zipfile
+    header = "{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}".ljust(117) + "\\n"
+    npy = b"\\x93NUMPY\\x01\\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(64)
+    with zipfile.ZipFile(channel("result_fd"), "w") as zf:
+        zf.writestr("r0.npy", npy)
+        zf.writestr("r1.npy", npy)
+""")
 PLANT_EVERYWHERE = ('for d in (".", "/tmp", "/out", os.path.dirname(os.getcwd())):\n'
                     '    try:\n        {}\n    except OSError:\n        pass\n')
 
 
 @pytest.mark.parametrize("kind,reason", [
     ("symlink", "left no result"), ("fifo", "left no result"), ("file", "left no result"),
-    ("huge", "over the"), ("compressed", "compressed"), ("closed", "without reporting")])
+    ("huge", "over the"), ("compressed", "compressed"), ("closed", "without reporting"),
+    ("lying_header", "claims 70368744177664 bytes"), ("object_header", "not numeric")])
 def test_planted_result_files_are_rejected(kind, reason):
     plant = {  # files planted where the result once lived are never read; the channel's bytes are checked
         "symlink": PLANT_EVERYWHERE.format('os.symlink("/etc/passwd", os.path.join(d, "result.npz"))'),
@@ -290,6 +299,9 @@ def test_planted_result_files_are_rejected(kind, reason):
         "huge": 'f = channel("result_fd"); f.truncate(40 * 1024 ** 2); f.close()\n',
         "compressed": 'np.savez_compressed(channel("result_fd"), r0=np.zeros((26, 2)), r1=np.full(26, 0.5))\n',
         "closed": 'os.close(SPEC["status_fd"]); os.close(SPEC["result_fd"])\nos._exit(0)\n',
+        # np.load allocated what the header claimed: 64 TiB -> MemoryError in the parent
+        "lying_header": LYING_NPZ.format(descr="<f8", shape=(8 << 40,)),
+        "object_header": LYING_NPZ.format(descr="|O", shape=(1,)),
     }[kind]
     t0 = time.monotonic()
     r = verify(program(CHANNEL + plant + FAKE_STATUS + "os._exit(0)\n"))
