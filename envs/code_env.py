@@ -33,7 +33,7 @@ class CodeEnv(ProgramEnv):
 
     def __post_init__(self):
         super().__post_init__()
-        self.families = list(self.families) if self.families else list(code_tasks.FAMILIES)
+        self.families = list(self.families) if self.families else list(code_tasks.DEFAULT_FAMILIES)
         unknown = [f for f in self.families if f not in code_tasks.FAMILIES]
         if unknown:
             raise ValueError(f"unknown code families {unknown}; known: {', '.join(code_tasks.FAMILIES)}")

@@ -31,20 +31,28 @@ def cache_dir() -> Path:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """'tiny' -> the built tiny model dir; an existing dir -> itself; a hub id -> its cached snapshot or the id.
+    """'tiny' -> the built tiny model dir; a packaged model's short name (inference/packaged_models.py) -> its
+    converted dir; an existing dir -> itself; a hub id -> its cached snapshot or the id.
 
     Raises ModelNotFound with a one-line message that names the fix.
     """
     if name_or_path == TINY_NAME:
         return str(ensure_tiny_model())
+    from inference.packaged_models import PackageMissing, ensure_packaged_model, is_packaged
+
+    if is_packaged(name_or_path):
+        try:
+            return str(ensure_packaged_model(name_or_path))
+        except PackageMissing as e:
+            raise ModelNotFound(str(e)) from None
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelNotFound(f"model dir {path} has no config.json: pass an HF model dir, a hub name, or 'tiny'")
+            raise ModelNotFound(f"model dir {path} has no config.json: pass an HF model dir, a hub name, 'tiny' or a packaged model ({', '.join(_packaged_names())})")
         return str(path)
     looks_like_path = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") != 1
     if looks_like_path:
-        raise ModelNotFound(f"model path {name_or_path} does not exist: pass an HF model dir, a hub name, or 'tiny'")
+        raise ModelNotFound(f"model path {name_or_path} does not exist: pass an HF model dir, a hub name, 'tiny' or a packaged model ({', '.join(_packaged_names())})")
     try:
         from huggingface_hub import snapshot_download
 
@@ -130,3 +138,9 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.08)
         model.lm_head.weight.mul_(4.0)
     model.save_pretrained(out_dir, safe_serialization=True)
+
+
+def _packaged_names() -> list[str]:
+    from inference.packaged_models import PACKAGED
+
+    return sorted(PACKAGED)

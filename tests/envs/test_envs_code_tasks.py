@@ -4,6 +4,8 @@ solution does not; expected outputs agree with independent brute-force / known v
 from __future__ import annotations
 
 import itertools
+import operator
+import re
 from collections import deque
 from fractions import Fraction
 
@@ -119,6 +121,18 @@ def islands_union_find(grid, diagonal):
     return len({find(x) for x in cells})
 
 
+def second_by_scan(xs):
+    first = second = None
+    for x in xs:
+        if first is None or x > first:
+            first, second = x, first
+        elif x != first and (second is None or x > second):
+            second = x
+    return second
+
+
+CHAR_CLASSES = {"vowels": "[aeiouAEIOU]", "digits": "[0-9]", "spaces": " "}
+
 QUEENS = {1: 1, 2: 0, 3: 0, 4: 2, 5: 10, 6: 4, 7: 40, 8: 92}  # OEIS A000170
 
 INDEPENDENT = {
@@ -132,6 +146,13 @@ INDEPENDENT = {
     "n_queens": lambda p, n: QUEENS[n],
     "lcs": lambda p, a, b: lcs_brute(a, b) if len(a) <= 12 else None,
     "islands": lambda p, grid: islands_union_find(grid, p["diagonal"]),
+    "unique_sorted": lambda p, xs: [x for x in range(max(xs, default=0), min(xs, default=0) - 1, -1) if x in xs][
+        ::1 if p["descending"] else -1],
+    "sum_multiples": lambda p, xs: sum(x for x in xs if (x // p["k"]) * p["k"] == x),
+    "count_chars": lambda p, s: len(re.findall(CHAR_CLASSES[p["kind"]], s)),
+    "second_largest": lambda p, xs: second_by_scan(xs),
+    "running": lambda p, xs: list(itertools.accumulate(xs, operator.add if p["kind"] == "sum" else max)),
+    "word_lengths": lambda p, s: [len(w) for w in re.findall(r"\S+", s)],
 }
 
 
@@ -174,7 +195,7 @@ def test_every_generated_problem_separates_reference_and_wrong_programs(family):
 
 
 def test_reference_passes_and_wrong_solution_fails_in_the_sandbox():
-    env = CodeEnv(problems_per_family=1, timeout_s=20)
+    env = CodeEnv(families=list(code_tasks.FAMILIES), problems_per_family=1, timeout_s=20)
     completions, states, kinds = [], [], []
     for name, fam in code_tasks.FAMILIES.items():
         for k in range(1):
