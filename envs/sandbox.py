@@ -100,6 +100,7 @@ class SandboxOutcome:
     wall_s: float = 0.0
     returncode: int | None = None
     pids_limit_hit: bool = False
+    cpu_throttled_s: float = 0.0  # time held back by the cpu quota (cgroup cpu.stat); 0 without one
 
     @property
     def ok(self) -> bool:
@@ -260,6 +261,7 @@ def run_sandboxed(job: SandboxJob, limits: Limits = Limits(), profile: SandboxPr
         except subprocess.TimeoutExpired:
             pass
         outcome = _classify(paths, limits, job, proc.returncode, timed_out, cgroups)
+        outcome.cpu_throttled_s = cgroups.cpu_throttled_s() if cgroups is not None else 0.0
         outcome.stdout_tail = read_tail(run_dir, "stdout", limits.tail_chars)
         outcome.stderr_tail = read_tail(run_dir, "stderr", limits.tail_chars)
     finally:

@@ -238,6 +238,11 @@ class RunCgroups:
         return (self._counter("memory", "memory.oom_control", "oom_kill")
                 + self._counter("unified", "memory.events", "oom_kill"))
 
+    def cpu_throttled_s(self) -> float:
+        """Time the run's processes waited because the CPU quota was used up (cpu.stat)."""
+        return (self._counter("cpu", "cpu.stat", "throttled_time") / 1e9
+                + self._counter("unified", "cpu.stat", "throttled_usec") / 1e6)
+
     def pids_limit_hits(self) -> int:
         return self._counter("pids", "pids.events", "max") + self._counter("unified", "pids.events", "max")
 
