@@ -13,8 +13,9 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Status = Literal["ok", "format_error", "runtime_error", "timeout", "oom", "invalid"]
-STATUSES: tuple[str, ...] = ("ok", "format_error", "runtime_error", "timeout", "oom", "invalid")
+Status = Literal["ok", "format_error", "truncated", "runtime_error", "timeout", "oom", "invalid"]
+STATUSES: tuple[str, ...] = ("ok", "format_error", "truncated", "runtime_error", "timeout", "oom", "invalid")
+FORMAT_FAILURES: tuple[str, ...] = ("format_error", "truncated")  # no answer to verify; the rest were verified
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class Env(ABC):
     """A verifiable task. Subclasses are dataclasses of plain values (picklable)."""
 
     name: str = "env"
+    # An answer cut off by the token limit is a format failure ("truncated"), never verified: its code block
+    # may be incomplete, and a half-written program must not earn credit. Tasks whose answer is a prefix
+    # (toy_digits) turn this off.
+    needs_complete_answer: bool = True
 
     @abstractmethod
     def statement(self) -> str:

@@ -28,6 +28,7 @@ def autocorrelation_c1(heights: np.ndarray) -> float:
 @dataclass
 class ToyDigitsEnv(Env):
     name: str = "toy_digits"
+    needs_complete_answer = False  # the answer is the first digits written; running out of tokens is normal
     length: int = 12
     strict: bool = False
     verify_delay_s: float = 0.0  # a stand-in for an expensive verifier (resume and pool tests, benches)

@@ -34,7 +34,7 @@ from trainer.config import TrainConfig, to_dict
 from trainer.curriculum import Curriculum, next_groups
 from trainer.datums import imitation_datum, rollout_datum
 from trainer.kl import fold_kl_penalty
-from trainer.rollouts import Rollout, group_seed, render_prompt, sample_groups
+from trainer.rollouts import Rollout, group_seed, render_prompt, sample_groups, unverifiable
 from trainer.state_sampler import StateSampler, make_state_sampler
 
 PROBE_TEXT = "0123456789 circle packing 2.635"
@@ -315,6 +315,10 @@ def _verify(inst: Instance, rollouts: list[Rollout], step: int, inst_id: int, lo
     todo = []
     for r in rollouts:
         r.result = log.lookup(step, r.index, r.text)
+        if r.result is None:
+            r.result = unverifiable(r, inst.env.needs_complete_answer)
+            if r.result is not None:  # logged like any evaluation, so a resumed step takes it from the log
+                log.append(step, r.index, r.group, r.parent_id, inst_id, r.text, r.result)
         if r.result is None:
             todo.append(r)
     states = [inst.buffer.node(r.parent_id).state for r in todo]

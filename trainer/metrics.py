@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from envs.base import FORMAT_FAILURES
 from trainer.report import append_jsonl, plot_curves
 
 
@@ -43,7 +44,8 @@ def step_record(step, rollouts, rewards_G_K, buffer, best, version, groups, inst
     record = {
         "step": step, "instance": instance, "groups": groups, "adapter_version": version,
         "valid_rate": float(np.mean([s == "ok" for s in statuses])),
-        "format_rate": float(np.mean([s != "format_error" for s in statuses])),
+        "format_rate": float(np.mean([s not in FORMAT_FAILURES for s in statuses])),
+        "truncated_rate": float(np.mean([s == "truncated" for s in statuses])),
         "frac_mixed": float(np.mean([not np.all(row == row[0]) for row in rewards_G_K])),
         "reward_mean": float(rewards.mean()), "reward_max": float(rewards.max()),
         "best_reward": None if best is None else best["reward"],

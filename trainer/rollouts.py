@@ -10,6 +10,9 @@ from typing import Any, Sequence
 
 from tinker import types
 
+from envs.base import VerifyResult, failed
+from inference.chat_formats import final_answer
+
 
 @dataclass
 class Rollout:
@@ -55,7 +58,11 @@ def sample_groups(client, prompts_G: Sequence[list[int]], group_size: int, param
         _final_phase(client, prompts_G, groups, params, seeds_G, final_budget, list(prefill_tokens))
     for group in groups:
         for seq in group:
-            seq["text"] = tokenizer.decode(seq["tokens"], skip_special_tokens=True)
+            answer = final_answer(tokenizer.decode(seq["tokens"], skip_special_tokens=False),
+                                  tokenizer.decode(seq["tokens"], skip_special_tokens=True))
+            seq["text"] = answer.text if answer.text is not None else ""
+            seq["extra"] = {**seq.get("extra", {}), "answer_format": answer.format,
+                            "reasoning_chars": len(answer.reasoning), "no_answer": answer.problem}
     return groups
 
 
@@ -74,3 +81,13 @@ def _final_phase(client, prompts_G, groups, params, seeds_G, final_budget, prefi
         seq["mask"] = [1] * thinking + [0] * len(prefill) + [1] * len(final.tokens)
         seq["stop_reason"] = final.stop_reason
         seq["extra"] = {"phases": 2, "thinking_tokens": thinking}
+
+
+def unverifiable(r: Rollout, needs_complete_answer: bool) -> VerifyResult | None:
+    """The failure record of a rollout that has no answer to verify (never sent to the sandbox), or None."""
+    if r.extra.get("no_answer"):
+        return failed("format_error", r.extra["no_answer"])
+    if needs_complete_answer and r.stop_reason == "length":
+        return failed("truncated", f"the answer hit max_tokens ({len(r.tokens)} tokens) before it ended: raise "
+                                   "max_tokens or ask for a shorter answer")
+    return None
