@@ -190,9 +190,12 @@ def _record_sampling_clients(monkeypatch) -> list:
 
 
 def _assert_serves_the_sft_adapter(sampling, sft, atol: float) -> None:
+    deltas = []
     for demo, expected in zip(sft["demos"], sft["tuned_lps"]):
         served = sampling.compute_logprobs(types.ModelInput.from_ints(demo.prompt_tokens + demo.answer_tokens))
-        np.testing.assert_allclose(served.result()[1:], expected, atol=atol)
+        deltas.append(float(np.abs(np.asarray(served.result()[1:]) - expected).max()))
+    print(f"step-0 sampler vs SFT adapter logprobs: max |delta| {max(deltas):.2e}")
+    assert max(deltas) <= atol
     assert np.mean(sft["after"]) > np.mean(sft["before"]) + 5  # so matching it is not matching the base model
 
 

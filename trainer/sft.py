@@ -85,21 +85,22 @@ def run_sft(cfg: SFTConfig, *, service=None, log=print) -> dict:
     if (out / ADAPTER_FILE).exists():
         raise ValueError(f"{out} already holds an SFT adapter ({ADAPTER_FILE}): choose another out= or remove it")
     conversations = read_conversations(cfg.data)  # the file's shape, before a tokenizer or model is loaded
-    tokenizer = _tokenizer(cfg)
-    demos = [demonstration(tokenizer, cfg.data, number, messages, cfg.max_model_len, cfg.chat_template_kwargs)
-             for number, messages in conversations]
-    datums = [imitation_datum(d.prompt_tokens, d.answer_tokens) for d in demos]
-    answer_tokens = sum(len(d.answer_tokens) for d in demos)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    log(f"ttt sft: {len(demos)} demonstrations ({answer_tokens} answer tokens) from {cfg.data} on {cfg.base_model} "
-        f"({cfg.backend} backend), LoRA rank {cfg.lora_rank}, {cfg.epochs} epochs of batch {cfg.batch_size} -> {out}")
+    demos = _demonstrations(cfg, conversations, _local_tokenizer(cfg)) if cfg.backend == "local" else None
     with ExitStack() as stack:
         if service is None:
             service = _service(cfg, out, stack)
         training = service.create_lora_training_client(
             base_model=cfg.base_model, rank=cfg.lora_rank, seed=cfg.seed, train_mlp=cfg.train_mlp,
             train_attn=cfg.train_attn, train_unembed=cfg.train_unembed).result()
+        if demos is None:  # a Tinker server names the tokenizer (the SDK's get_tokenizer, as the loop uses)
+            demos = _demonstrations(cfg, conversations, training.get_tokenizer())
+        datums = [imitation_datum(d.prompt_tokens, d.answer_tokens) for d in demos]
+        answer_tokens = sum(len(d.answer_tokens) for d in demos)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        log(f"ttt sft: {len(demos)} demonstrations ({answer_tokens} answer tokens) from {cfg.data} on "
+            f"{cfg.base_model} ({cfg.backend} backend), LoRA rank {cfg.lora_rank}, {cfg.epochs} epochs of batch "
+            f"{cfg.batch_size} -> {out}")
         loss_before = mean_loss(training, datums, cfg.batch_size)
         log(f"before training: loss {loss_before:.4f}")
         _train(cfg, training, datums, out, log)
@@ -116,14 +117,19 @@ def run_sft(cfg: SFTConfig, *, service=None, log=print) -> dict:
     return summary
 
 
-def _tokenizer(cfg: SFTConfig):
-    """The tokenizer the training client would give (tokenizer_id = the resolved model dir locally, the model
-    name on Tinker), loaded without starting a learner, so bad lines fail fast."""
+def _local_tokenizer(cfg: SFTConfig):
+    """backend=local: the tokenizer the training client would give (tokenizer_id = the resolved model dir),
+    loaded without starting a learner, so bad lines fail fast."""
     from transformers import AutoTokenizer
 
     from inference.models import resolve_model
 
-    return AutoTokenizer.from_pretrained(resolve_model(cfg.base_model) if cfg.backend == "local" else cfg.base_model)
+    return AutoTokenizer.from_pretrained(resolve_model(cfg.base_model))
+
+
+def _demonstrations(cfg: SFTConfig, conversations: list, tokenizer) -> list:
+    return [demonstration(tokenizer, cfg.data, number, messages, cfg.max_model_len, cfg.chat_template_kwargs)
+            for number, messages in conversations]
 
 
 def _service(cfg: SFTConfig, out: Path, stack: ExitStack):
@@ -136,8 +142,7 @@ def _service(cfg: SFTConfig, out: Path, stack: ExitStack):
                              max_lora_rank=cfg.lora_rank, sampler_kwargs={"max_model_len": cfg.max_model_len},
                              learner_kwargs=cfg.learner_args)
         service = make_service_client("local", engine=engine)
-    stack.callback(service.close)
-    return service
+    return stack.enter_context(service)  # closed with the run's status (the SDK's close takes one)
 
 
 def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -161,7 +166,7 @@ def _train(cfg: SFTConfig, training, datums: list, out: Path, log) -> None:
             loss_sum += fb.result().metrics["loss:sum"]
             optim.result()
         weights = sum(_weight(d) for batch in batches for d in batch)
-        record = {"epoch": epoch, "loss": loss_sum / weights, "steps": len(batches), "answer_tokens": weights,
+        record = {"epoch": epoch, "loss": loss_sum / weights, "steps": len(batches), "answer_tokens": int(weights),
                   "t_epoch": time.perf_counter() - t0}
         append_jsonl(out / "metrics.jsonl", record)
         log(f"epoch {epoch}/{cfg.epochs}: loss {record['loss']:.4f} ({len(batches)} steps, "
