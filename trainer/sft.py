@@ -98,6 +98,7 @@ def run_sft(cfg: SFTConfig, *, service=None, log=print) -> dict:
         answer_tokens = sum(len(d.answer_tokens) for d in demos)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # left by an SFT run that never finished (no adapter.json)
         log(f"ttt sft: {len(demos)} demonstrations ({answer_tokens} answer tokens) from {cfg.data} on "
             f"{cfg.base_model} ({cfg.backend} backend), LoRA rank {cfg.lora_rank}, {cfg.epochs} epochs of batch "
             f"{cfg.batch_size} -> {out}")
