@@ -71,10 +71,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     # parser callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # headers that arrive in one read never reach the per-read count in data_received
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.max_header_bytes:
+            self._rejection = (431, f"request headers larger than {self.max_header_bytes} bytes")
+            raise RuntimeError("headers too large")  # the parser stops; uvicorn calls send_400_response
+        super().on_header(name, value)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_headers = True
         self._header_bytes = 0
+        self._rejection = None
         self._arm_header_deadline()
 
     def on_headers_complete(self) -> None:
@@ -83,4 +92,5 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
-        self._reject(400, f"malformed HTTP request: {msg}")
+        status, message = getattr(self, "_rejection", None) or (400, f"malformed HTTP request: {msg}")
+        self._reject(status, message)
