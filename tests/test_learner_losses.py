@@ -5,6 +5,7 @@ trainer.losses); sum reduction is checked by doubling the batch; (N, K) cross-en
 import pytest
 import tinker
 import torch
+from tolerances import grad_rel, logprob_tol, loss_tol
 
 
 PROMPT = [1, 87, 85, 71, 84, 201, 2, 1]
@@ -34,9 +35,9 @@ def datum(**inputs):
                         loss_fn_inputs={"target_tokens": SEQ[1:], **{k: v.tolist() for k, v in inputs.items()}})
 
 
-def close(a, b, rel=1e-5):
+def close(a, b, rel=None):
     """Per tensor, relative to its norm: fp32 sums over different batch layouts differ in the last bits."""
-    return float((a - b).norm()) <= rel * float(b.norm()) + 1e-7
+    return float((a - b).norm()) <= (rel or grad_rel()) * float(b.norm()) + 1e-7
 
 
 def grads_of(learner):
@@ -49,7 +50,8 @@ def assert_matches_reference(learner, out, reference_loss):
     ours = grads_of(learner)
     reference_loss.backward()
     theirs = grads_of(learner)
-    assert out["metrics"]["loss:sum"] == pytest.approx(reference_loss.item(), rel=1e-5, abs=1e-6)
+    lps = out["loss_fn_outputs"][0]["logprobs"]
+    assert out["metrics"]["loss:sum"] == pytest.approx(reference_loss.item(), abs=loss_tol(lps, ADV.abs().max()))
     assert all(close(ours[n], theirs[n]) for n in ours)
     assert sum(float(g.abs().sum()) for g in theirs.values()) > 0
 
@@ -95,7 +97,8 @@ def test_cross_entropy_top_k_targets(learner):
     out = learner.forward_backward([d], "cross_entropy")
     reference = reference_logprobs(learner, targets)
     assert out["loss_fn_outputs"][0]["logprobs"].shape == (N, 3)
-    assert torch.allclose(out["loss_fn_outputs"][0]["logprobs"], reference.detach(), atol=1e-5)
+    assert torch.allclose(out["loss_fn_outputs"][0]["logprobs"], reference.detach(), rtol=0,
+                          atol=logprob_tol(reference))
     assert_matches_reference(learner, out, -(weights * reference).sum())
 
 
@@ -107,7 +110,9 @@ def test_sum_reduction_doubling_the_batch_doubles_loss_and_gradient(learner, los
     grads_once = grads_of(learner)
     twice = learner.forward_backward([d, d], loss_fn)
     grads_twice = grads_of(learner)
-    assert twice["metrics"]["loss:sum"] == pytest.approx(2 * once["metrics"]["loss:sum"], rel=1e-5)
+    lps = once["loss_fn_outputs"][0]["logprobs"]
+    assert twice["metrics"]["loss:sum"] == pytest.approx(2 * once["metrics"]["loss:sum"],
+                                                         abs=2 * loss_tol(lps, ADV.abs().max()))
     assert all(close(grads_twice[n], 2 * grads_once[n]) for n in grads_once)
     assert len(twice["loss_fn_outputs"]) == 2
 
@@ -117,6 +122,8 @@ def test_forward_gives_the_same_outputs_without_gradients(learner):
     fwd = learner.forward([d], "ppo")
     assert all(p.grad is None for p in learner.params)
     fb = learner.forward_backward([d], "ppo")
-    assert fwd["metrics"]["loss:sum"] == pytest.approx(fb["metrics"]["loss:sum"], rel=1e-6)
-    assert torch.equal(fwd["loss_fn_outputs"][0]["logprobs"], fb["loss_fn_outputs"][0]["logprobs"])
+    # no_grad and autograd may pick different kernels (another summation order): equal up to fp32 rounding
+    lps = fb["loss_fn_outputs"][0]["logprobs"]
+    assert fwd["metrics"]["loss:sum"] == pytest.approx(fb["metrics"]["loss:sum"], abs=loss_tol(lps, ADV.abs().max()))
+    assert torch.allclose(fwd["loss_fn_outputs"][0]["logprobs"], lps, rtol=0, atol=logprob_tol(lps))
     assert list(fwd["metrics"]) == ["loss:sum"]

@@ -9,10 +9,12 @@ from trainer.datums import rollout_datum
 from trainer.learner import LoRALearner, LoraSpec, resolve_dtype
 from trainer.learner_inputs import plan_micro_batches, shard_by_tokens
 from trainer.learner_logprobs import target_logprobs
+from tolerances import grad_rel, logprob_tol, loss_tol
 
 PROMPT = [1, 87, 85, 71]
 DATA = [rollout_datum(PROMPT, [326 + i, 85, 297, 86, 19, 40, 41][: 2 + i], [-6.0] * (2 + i), 1.0 - 0.4 * i)
         for i in range(5)]
+ADV_SCALE = max(1.0, max(abs(1.0 - 0.4 * i) for i in range(5)))
 
 
 def run(tiny_model_path, **options):
@@ -44,12 +46,14 @@ def test_gradient_checkpointing_gives_identical_gradients(tiny_model_path, refer
 def test_packing_and_token_budget_do_not_change_results(tiny_model_path, reference, options):
     _, out, grads = run(tiny_model_path, **options)
     _, ref_out, ref_grads = reference
-    assert out["metrics"]["loss:sum"] == pytest.approx(ref_out["metrics"]["loss:sum"], rel=1e-5)
+    ref_lps = torch.cat([o["logprobs"] for o in ref_out["loss_fn_outputs"]])
+    # the loss sums terms of both signs: its rounding is that of the terms (loss_tol), not of the small total
+    assert out["metrics"]["loss:sum"] == pytest.approx(ref_out["metrics"]["loss:sum"], abs=loss_tol(ref_lps, ADV_SCALE))
     for a, b in zip(out["loss_fn_outputs"], ref_out["loss_fn_outputs"]):
         assert a["logprobs"].shape == b["logprobs"].shape
-        assert torch.allclose(a["logprobs"], b["logprobs"], atol=2e-5)
+        assert torch.allclose(a["logprobs"], b["logprobs"], rtol=0, atol=logprob_tol(b["logprobs"]))
     for n in grads:
-        assert float((grads[n] - ref_grads[n]).norm()) <= 1e-5 * float(ref_grads[n].norm()) + 1e-7, n
+        assert float((grads[n] - ref_grads[n]).norm()) <= grad_rel() * float(ref_grads[n].norm()) + 1e-7, n
 
 
 def test_token_budget_plans():

@@ -9,6 +9,7 @@ from tinker import types
 
 from trainer.learner import LoRALearner, LoraSpec
 from trainer.learner_prefix import PrefixGroup, find_groups, pass_cost, plan_shared, shard_groups
+from tolerances import grad_atol, logprob_tol, loss_tol, weight_scale
 
 P1 = list(range(100, 120))  # 20 tokens
 P2 = list(range(300, 317))  # 17 tokens
@@ -106,12 +107,13 @@ def test_shared_prefix_passes_equal_plain_passes(learners, loss_fn, top_k):
     reference, reference_grads = _step(plain, data, loss_fn)
     for learner in (shared, small, checkpointed):  # checkpointing replays layers that hold the prefix cache
         out, grads = _step(learner, data, loss_fn)
-        assert out["metrics"]["loss:sum"] == pytest.approx(reference["metrics"]["loss:sum"], rel=1e-5, abs=1e-5)
+        lps = torch.cat([o["logprobs"].flatten() for o in reference["loss_fn_outputs"]])
+        assert out["metrics"]["loss:sum"] == pytest.approx(reference["metrics"]["loss:sum"], abs=loss_tol(lps, weight_scale(data, loss_fn == "dro")))
         for a, b in zip(out["loss_fn_outputs"], reference["loss_fn_outputs"]):
             assert a["logprobs"].shape == b["logprobs"].shape
-            torch.testing.assert_close(a["logprobs"], b["logprobs"], rtol=0, atol=2e-5)
+            torch.testing.assert_close(a["logprobs"], b["logprobs"], rtol=0, atol=logprob_tol(b["logprobs"]))
         for name, g in reference_grads.items():
-            torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()), msg=name)
+            torch.testing.assert_close(grads[name], g, rtol=0, atol=grad_atol(g), msg=name)
     assert len(small._prefix_plan([list(d.model_input.to_ints()) for d in data])) > 2  # the budget split groups
 
 

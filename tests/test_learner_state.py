@@ -9,6 +9,7 @@ import torch
 
 from trainer.datums import rollout_datum
 from trainer.learner import LoRALearner, LoraSpec
+from tolerances import tol
 
 PROMPT = [1, 87, 85, 71, 84, 201, 2, 1]
 ADAM = tinker.AdamParams(learning_rate=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, grad_clip_norm=3.0)
@@ -61,7 +62,8 @@ def test_weights_only_load_starts_a_fresh_optimizer(tiny_model_path, saved):
     grads = {n: p.grad.clone() for n, p in learner.named_params}
     learner.optim_step(tinker.AdamParams(learning_rate=1e-3, eps=1e-12))
     for name, value in weights(learner).items():  # Adam's first step again: lr * sign(g)
-        assert torch.allclose(value, after_two[name] - 1e-3 * torch.sign(grads[name]), atol=1e-7), name
+        expected = after_two[name] - 1e-3 * torch.sign(grads[name])
+        assert torch.allclose(value, expected, rtol=0, atol=tol(float(expected.abs().max()))), name  # fp32 ulps
 
 
 def test_state_dir_also_holds_a_peft_adapter(saved):
