@@ -47,7 +47,7 @@ def loss_tol(logprobs, weights=1.0, n: int = MODEL_N) -> float:
     the L2 norm of weight * logprob over tokens, at least 1."""
     lp = _abs(logprobs)
     w = _abs(weights) if not isinstance(weights, (int, float)) else abs(weights)
-    return tol(max(1.0, float(np.sqrt(((lp * w) ** 2).sum()))), n)
+    return tol(max(1.0, float(((lp * w) ** 2).sum()) ** 0.5), n)
 
 
 def grad_rel(n: int = MODEL_N) -> float:
