@@ -3,6 +3,7 @@
     ttt verify --env circle_packing --n 26 [--timeout SECONDS] PATH     PATH = program.py or construction.json
     ttt render --env circle_packing --n 26 PATH [--out FILE.png]
 
+A run's best.json of a program task ({"program": ..., "task_id": ...}) verifies its program again.
 A construction file is a JSON list or object in the AlphaEvolve or TTT-Discover layout: circle packings as
 rows [x, y, r], {"circles": rows} or {"centers", "radii"}; sequences as a list, {"sequence": ...} (TTT-Discover's
 results/mathematics/*.json), {"heights": ...}, {"values": ...} or, for erdos, {"h_values": ...}.
@@ -165,6 +166,10 @@ def run_verify(args: argparse.Namespace) -> VerifyResult:
             data = json.loads(text)
         except ValueError as e:
             raise InputError(f"{args.path} is not valid JSON ({e})") from None
+        if isinstance(data, dict) and isinstance(data.get("program"), str):  # a run's best.json: its program
+            if not args.task and data.get("task_id"):
+                env = build_env(argparse.Namespace(**{**vars(args), "task": data["task_id"]}))
+            return env.verify(data["program"], State(task_id=args.task or data.get("task_id") or ""))
         return verify_construction(env, data)
     if env.name == "toy_digits":
         return env.evaluate(text, state)

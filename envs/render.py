@@ -79,6 +79,22 @@ def draw_step_function(heights, title: str, out: str, overlap: bool = False) -> 
     plt.close(fig)
 
 
+def draw_program(program: str, title: str, out: str, max_lines: int = 60) -> None:
+    """A program as a picture: its first `max_lines` lines in a monospace font under the title."""
+    lines = program.expandtabs(4).splitlines() or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"# ... ({len(lines) - max_lines} more lines)"]
+    width = min(max(len(line) for line in lines), 120)
+    plt, fig, axes = _figure(1, 1, (max(6.0, 0.085 * width + 1), 0.19 * len(lines) + 1.0))
+    ax = axes[0][0]
+    ax.axis("off")
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.text(0, 1, "\n".join(line[:120] for line in lines), family="monospace", fontsize=9, va="top", ha="left",
+            transform=ax.transAxes)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def draw_arc(task: dict, predictions: list | None, title: str, out: str) -> None:
     from matplotlib.colors import ListedColormap
 

@@ -167,8 +167,9 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
         # 4. buffer update (PUCT visit counts, children) and the best state ever seen (drawn when it improves)
         improved = _best_of(rollouts, best)
         if improved is not None:  # with its parent state, so `ttt eval` can verify it again
-            best = {**improved, "step": step, "instance": inst_id,
-                    "parent_state": inst.buffer.node(improved["parent_id"]).state.to_dict()}
+            parent_state = inst.buffer.node(improved["parent_id"]).state
+            best = {**improved, "step": step, "instance": inst_id, "parent_state": parent_state.to_dict(),
+                    "task_id": parent_state.task_id, "program": _program(inst.env, improved["text"])}
             best_writer.write(best, inst.env)
         for r in rollouts:
             child = _child_state(inst.env, r, inst.buffer.node(r.parent_id).state) if r.result.ok else None
@@ -336,6 +337,13 @@ def _child_state(env, r: Rollout, parent: State) -> State:
     return State(code=env.parse(r.text) or "", construction=r.result.construction, score=r.result.score,
                  value=r.result.value, parent_score=parent.score, stdout_tail=r.result.stdout_tail,
                  task_id=parent.task_id)
+
+
+def _program(env, text: str) -> str | None:
+    """The program a program task ran (what `ttt verify` scores again from best.json); None for other tasks."""
+    from envs.program_env import ProgramEnv
+
+    return env.parse(text) if isinstance(env, ProgramEnv) else None
 
 
 def _best_of(rollouts: list[Rollout], best: dict | None) -> dict | None:

@@ -92,7 +92,7 @@ class BestWriter:
         tmp = self.out / "best.json.tmp"
         tmp.write_text(json.dumps(best, default=_plain))
         os.replace(tmp, self.out / "best.json")
-        if best.get("construction") is None:
+        if best.get("construction") is None and not best.get("program"):
             return
         self._pending = (best, env)
         if time.monotonic() - self._drawn_at >= self.picture_every_s:
@@ -104,11 +104,15 @@ class BestWriter:
             return
         (best, env), self._pending = self._pending, None
         self._drawn_at = time.monotonic()
-        from envs.render import draw_construction
+        from envs.render import draw_construction, draw_program
 
+        title = f"{self.env_name}: best score {best['score']} (step {best['step']})"
         try:
-            draw_construction(env, best["construction"], f"{self.env_name}: best score {best['score']} "
-                              f"(step {best['step']})", str(self.out / "best.png"))
+            if best.get("construction") is None:  # a program task: the program is the result
+                draw_program(best["program"], f"{title}{' ' + best['task_id'] if best.get('task_id') else ''}",
+                             str(self.out / "best.png"))
+            else:
+                draw_construction(env, best["construction"], title, str(self.out / "best.png"))
         except Exception:  # noqa: BLE001 - a picture must never stop a run; best.json has the numbers
             pass
 
