@@ -112,6 +112,10 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.temperature != 1.0 and self.backend == "tinker" and not self.base_url:
+            raise ValueError(f"temperature={self.temperature} on Tinker's cloud: its learner does not replay the "
+                             "sampling temperature, so importance ratios would be wrong; use temperature=1, or a "
+                             "local backend / ttt serve")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.kl_coef < 0:

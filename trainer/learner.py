@@ -179,6 +179,10 @@ class LoRALearner:
             plan = [[mine[j] for j in group]
                     for group in plan_micro_batches([lengths[i] for i in mine], self.micro_batch_tokens, self.packing)]
         n_passes = distributed.all_reduce_max(len(plan)) if world > 1 else len(plan)
+        call_model = self._call_model
+        temperature = config.get("temperature", 1.0)
+        if temperature != 1.0:  # lm_head is linear without bias, so scaling its input scales the logits too
+            call_model = lambda **inputs: self._call_model(**inputs) / temperature  # noqa: E731
         logprobs: dict[int, torch.Tensor] = {}
         total = 0.0
         for p in range(n_passes):
@@ -188,10 +192,10 @@ class LoRALearner:
                          if backward and idx and loss_fn is not None else None)
             with torch.set_grad_enabled(backward):
                 if shared is not None and idx:
-                    lps = shared_prefix_logprobs(self._call_model, batch, _local_groups(shared[p]), self.device,
+                    lps = shared_prefix_logprobs(call_model, batch, _local_groups(shared[p]), self.device,
                                                  self.lm_head, grad_rows)
                 else:
-                    lps = batch_logprobs(self._call_model, batch, self.packing, self.device, self.lm_head,
+                    lps = batch_logprobs(call_model, batch, self.packing, self.device, self.lm_head,
                                          grad_rows)
                 if idx and loss_fn is not None:
                     loss = sum(token_loss_sum(loss_fn, lp, {k: v.to(self.device) for k, v in d.inputs.items()},

@@ -395,7 +395,10 @@ def _train(cfg: TrainConfig, training, datums: list, trained: list[Rollout], ada
     """One forward_backward + optim_step; the learner's logprobs of the sampled tokens must equal the
     sampler's (both losses return them), else the sampler was not serving adapter v`version`."""
     loss_fn = "cross_entropy" if cfg.mode == "expert_iteration" else cfg.loss_fn
-    fb_future = training.forward_backward(datums, loss_fn, cfg.loss_fn_config or None)
+    config = dict(cfg.loss_fn_config)
+    if cfg.temperature != 1.0:  # the learner replays the sampling temperature (expert iteration imitates it too)
+        config["temperature"] = cfg.temperature
+    fb_future = training.forward_backward(datums, loss_fn, config or None)
     optim_future = training.optim_step(adam)  # queued behind forward_backward, as the SDK pipelines them
     fb, optim = fb_future.result(), optim_future.result()
     stats = {"trained": True, "loss": fb.metrics.get("loss:sum"), "datums": len(datums),

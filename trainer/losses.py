@@ -25,6 +25,9 @@ CONFIG_DEFAULTS: dict[str, dict[str, float]] = {
     "dro": {"beta": 0.05},
 }
 UNSUPPORTED = {"gspo", "stable_reinforce", "custom"}
+# Every loss also takes `temperature` (default 1): the learner scores log_softmax(logits / temperature), the
+# distribution the sampler drew from at that temperature, so that importance ratios are 1 on-policy (sampled
+# logprobs are the processed ones). An extension of Tinker's API, sent by the loop only when temperature != 1.
 
 
 def check_loss(loss_fn: str, config: dict | None) -> dict[str, float]:
@@ -33,11 +36,14 @@ def check_loss(loss_fn: str, config: dict | None) -> dict[str, float]:
         raise ValueError(f"loss_fn {loss_fn!r} is not implemented here: use one of {sorted(LOSS_INPUTS)}")
     if loss_fn not in LOSS_INPUTS:
         raise ValueError(f"unknown loss_fn {loss_fn!r}: use one of {sorted(LOSS_INPUTS)}")
-    merged = dict(CONFIG_DEFAULTS[loss_fn])
+    merged = {**CONFIG_DEFAULTS[loss_fn], "temperature": 1.0}
     for key, value in (config or {}).items():
         if key not in merged:
             raise ValueError(f"loss_fn_config key {key!r} is not used by {loss_fn}: allowed {sorted(merged)}")
         merged[key] = float(value)
+    if not 0 < merged["temperature"] < float("inf"):
+        raise ValueError(f"loss_fn_config temperature must be > 0 (the sampling temperature), got "
+                         f"{merged['temperature']}")
     return merged
 
 
