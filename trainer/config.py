@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+PIPELINES = ("sync", "stream", "async")
 MODES = ("train", "frozen", "best_of_n", "expert_iteration")
 ADVANTAGES = ("entropic_adaptive_beta", "entropic", "mean_baseline", "grpo")
 LOSSES = ("importance_sampling", "ppo", "cispo", "dro")
@@ -52,6 +53,7 @@ class TrainConfig:
     max_tokens: int = 26000
     temperature: float = 1.0
     top_p: float = 1.0
+    stop: list = field(default_factory=list)  # extra stop strings, e.g. ["\n```\n"]: end at the code block's close
     max_model_len: int = 32768
     chat_template_kwargs: dict = field(default_factory=dict)  # e.g. {reasoning_effort: high}
     thinking_budget: int = 0  # > 0: two-phase sampling (thinking, forced prefill, final answer)
@@ -87,6 +89,11 @@ class TrainConfig:
     sampler_args: dict = field(default_factory=dict)  # to the engine unchanged (vLLM LLM kwargs)
     learner_args: dict = field(default_factory=dict)  # to LoRALearner (dtype, micro-batch budget, ...)
     verifier_backend: str = "ray"  # ray | local
+    # -- how a step's phases overlap (trainer/pipeline.py): sync (sample all, verify all, train: the paper's
+    # order), stream (each group goes to the verifier as it is sampled; same results as sync), async (the next
+    # step samples while this one verifies and trains, at most max_steps_off_policy adapter versions behind)
+    pipeline: str = "stream"
+    max_steps_off_policy: int = 1
     verifier_address: str | None = None  # a Ray cluster HOST:PORT; else RAY_ADDRESS; else a local Ray
     # -- proof of serving: the sampler must serve the adapter the learner trained
     mismatch_threshold: float = 1e-3
@@ -108,7 +115,7 @@ class TrainConfig:
         choices = {"mode": MODES, "advantage": ADVANTAGES, "loss_fn": LOSSES, "backend": ("local", "tinker"),
                    "sampler": ("vllm", "server", "hf"), "verifier_backend": ("ray", "local"),
                    "on_mismatch": ("stop", "warn"), "state_sampler": ("puct", "puct_backprop", "greedy", "fixed"),
-                   "wandb_mode": ("offline", "online", "disabled")}
+                   "wandb_mode": ("offline", "online", "disabled"), "pipeline": PIPELINES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -116,6 +123,10 @@ class TrainConfig:
             raise ValueError(f"temperature={self.temperature} on Tinker's cloud: its learner does not replay the "
                              "sampling temperature, so importance ratios would be wrong; use temperature=1, or a "
                              "local backend / ttt serve")
+        if self.max_steps_off_policy not in (0, 1):
+            raise ValueError(f"max_steps_off_policy must be 0 or 1, got {self.max_steps_off_policy}: pipeline=async "
+                             "samples at most one step ahead (a deeper prefetch would pick its states from the "
+                             "same buffer twice); 0 makes async behave as stream")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.kl_coef < 0:

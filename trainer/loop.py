@@ -124,7 +124,8 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
     best_writer = M.BestWriter(out, cfg.env_name, cfg.picture_every_s)
     stack.callback(best_writer.flush)  # a picture that lags is drawn at the end, also after an error
     prefill_tokens = tokenizer.encode(cfg.prefill_text, add_special_tokens=False)
-    params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                  stop=list(cfg.stop) or None)  # None: the model's end-of-turn token
     probe_tokens = None
     if cfg.trains and saved is None:  # v0 (B = 0, or the init_adapter) must already be served
         probe_tokens = _probe_tokens(cfg, tokenizer, instances[0])
