@@ -234,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra  # key=value after --out DIR: argparse does not intermix positionals and options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in ("train", "demo", "eval", "sft", "serve-vllm"):  # they start vLLM, Ray, workers
+        from trainer import supervisor
+
+        # before any child exists: every child dies with this process, also on kill -9
+        supervisor.start()
     if args.command in ("train", "demo", "eval", "sft"):
         _exit_without_finalizers(_dispatch(args))
     return _dispatch(args)

@@ -1,0 +1,164 @@
+"""No process of a run outlives it: a real `ttt train` (vLLM sampler or HF sampler, Ray verifiers) killed with
+SIGKILL mid-run leaves nothing behind within a few seconds (vLLM's EngineCore, Ray's raylet / gcs_server /
+agents / workers, resource_tracker, wandb, the watchdog itself), and the run resumes. A normal exit and
+SIGTERM leave nothing either.
+
+A run's processes are found as the trainer's watchdog does not rely on alone: every descendant of the `ttt`
+process (walked by ppid while it lives) plus every process whose environment carries TTT_RUN_ID=<its pid>-...
+Other agents may run Ray or vLLM on this machine at the same time, so processes are never matched by name."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TTT = str(Path(sys.executable).with_name("ttt"))
+BASE = ["+experiment=demo", "steps=50", "progress=false"]
+
+
+def _stat(pid: int) -> tuple[int, int, str, str] | None:
+    """(ppid, start time, state, comm), or None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    rp = stat.rindex(b")")
+    fields = stat[rp + 2:].split()
+    return int(fields[1]), int(fields[19]), fields[0].decode(), stat[stat.index(b"(") + 1:rp].decode()
+
+
+def _name(pid: int) -> str:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        cmdline = ""
+    comm = (_stat(pid) or (0, 0, "", ""))[3]
+    return f"{comm} {cmdline[:100]}"
+
+
+def _marked(pid: int, run_pid: int) -> bool:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(e.startswith(f"TTT_RUN_ID={run_pid}-".encode()) for e in env)
+
+
+def _table() -> dict[int, tuple[int, int, str, str]]:
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (st := _stat(int(name))) is not None:
+            table[int(name)] = st
+    return table
+
+
+def _run_processes(run_pid: int) -> dict[int, tuple[int, str]]:
+    """pid -> (start time, name) of the live processes that belong to the run (not the run itself)."""
+    table = _table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, *_rest) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found = {pid for pid in table if pid != run_pid and _marked(pid, run_pid)}
+    todo = [run_pid, *found]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return {pid: (table[pid][1], _name(pid)) for pid in found if table[pid][2] not in ("Z", "X")}
+
+
+def _alive(procs: dict[int, tuple[int, str]]) -> dict[int, str]:
+    """Those of `procs` that still run (same pid, same start time, not a zombie)."""
+    left = {}
+    for pid, (started, name) in procs.items():
+        st = _stat(pid)
+        if st is not None and st[1] == started and st[2] not in ("Z", "X"):
+            left[pid] = name
+    return left
+
+
+def _train(out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "TTT_DEBUG": "", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([TTT, "train", *BASE, f"out={out}", *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for_step(proc: subprocess.Popen, out: Path, step: int, timeout: float = 300.0) -> None:
+    rollouts, deadline = out / "rollouts.jsonl", time.monotonic() + timeout
+    while not (rollouts.exists() and f'"step": {step},' in rollouts.read_text()):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "timed out waiting for the run"
+        time.sleep(0.2)
+
+
+def _assert_all_gone(run_pid: int, procs: dict[int, tuple[int, str]], t0: float, within_s: float = 8.0) -> float:
+    """Every process seen during the run, and every process carrying its marker, has ended `within_s` after
+    t0 (time.monotonic() when the run ended); returns how long that took."""
+    while True:
+        left = _alive(procs)
+        left.update({pid: name for pid, (_, name) in _run_processes(run_pid).items()})
+        if not left:
+            return time.monotonic() - t0
+        assert time.monotonic() - t0 < within_s, f"left running after {within_s} s: {left}"
+        time.sleep(0.1)
+
+
+def _has(procs: dict[int, tuple[int, str]], *needles: str) -> None:
+    names = [name for _, name in procs.values()]
+    for needle in needles:
+        assert any(needle in name for name in names), f"no {needle!r} among the run's processes: {names}"
+
+
+def _kill_mid_run_then_resume(tmp_path: Path, *extra: str, expect: tuple[str, ...]) -> None:
+    proc = _train(tmp_path, *extra)
+    _wait_for_step(proc, tmp_path, 2)
+    time.sleep(1.5)  # the watchdog notes descendants once a second
+    procs = _run_processes(proc.pid)
+    _has(procs, "ttt-watchdog", "raylet", "gcs_server", "resource_tracker", *expect)
+    os.kill(proc.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    proc.communicate(timeout=60)  # stdout / stderr reach EOF once every child holding them is gone
+    took = _assert_all_gone(proc.pid, procs, t0)
+    print(f"{len(procs)} processes of the run before SIGKILL, 0 left {took:.1f} s after it")
+
+    resumed = _train(tmp_path, "resume=true", "steps=4")
+    stdout, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert "resumed" in stdout
+    _assert_all_gone(resumed.pid, {}, time.monotonic())
+
+
+def test_sigkill_of_a_vllm_ray_run_leaves_no_process_and_resumes(tmp_path):
+    _kill_mid_run_then_resume(tmp_path, expect=("VLLM::EngineCor", "DashboardAgent", "RuntimeEnvAgent",
+                                                "wandb-core"))
+
+
+def test_sigkill_of_an_hf_ray_run_leaves_no_process_and_resumes(tmp_path):
+    _kill_mid_run_then_resume(tmp_path, "sampler=hf", "verifier_backend=ray", "wandb_mode=disabled",
+                              expect=("ray::",))
+
+
+def test_normal_exit_and_sigterm_leave_no_process(tmp_path):
+    done = _train(tmp_path / "done", "sampler=hf", "steps=2", "wandb_mode=disabled")
+    time.sleep(0.5)
+    seen = {}
+    while done.poll() is None:  # what the run started, seen from outside while it ran
+        seen.update(_run_processes(done.pid))
+        time.sleep(0.5)
+    t0 = time.monotonic()
+    _, stderr = done.communicate()
+    assert done.returncode == 0, stderr[-3000:]
+    _has(seen, "raylet")
+    _assert_all_gone(done.pid, seen, t0)
+
+    term = _train(tmp_path / "term", "sampler=hf", "wandb_mode=disabled")
+    _wait_for_step(term, tmp_path / "term", 1)
+    time.sleep(1.5)
+    procs = _run_processes(term.pid)
+    term.send_signal(signal.SIGTERM)
+    _, stderr = term.communicate(timeout=120)
+    assert term.returncode == 143, stderr[-3000:]
+    _assert_all_gone(term.pid, procs, time.monotonic())
