@@ -1,4 +1,6 @@
-"""Verification on Ray CPU workers (or in-process threads), results in submission order.
+"""Verification on Ray CPU workers (or in-process threads): `submit` one evaluation at any time (a future),
+or `evaluate` a batch (results in submission order). One dispatcher thread serves both, so evaluations
+submitted at different times (streamed from the sampler, or the next step's) share the slots, oldest first.
 
 Deadlines: each evaluation enforces its own time limit inside the task (the sandbox kills the program's
 whole tree); the driver adds a backstop. At most two tasks per CPU slot are in flight, and a task's backstop
@@ -20,13 +22,14 @@ import tempfile
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence
 
 from envs.base import Env, State, VerifyResult, failed
 
 
 MIN_TASK_S = 0.05  # evaluations faster than this on average are grouped into tasks of about this length
+POLL_S = 0.05  # the dispatcher's longest wait for a result, so that new submissions go out promptly
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -112,6 +115,13 @@ class VerifierPool:
         self.slots = max(1, int(cpus // cpus_per_eval))
         self.mean_eval_s: float | None = None  # running mean of one evaluation's wall time
         self.tasks_submitted = 0  # Ray tasks (an evaluation's retry is a new task)
+        self._queue: deque[_Job] = deque()  # submitted, not yet in a task; oldest first
+        self._pending: dict = {}  # Ray task ref -> [its jobs, time its backstop clock started]
+        self._wake = threading.Condition()
+        self._callback_lock = threading.Lock()
+        self._dispatcher: threading.Thread | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
 
     def _per_task(self, batch: int) -> int:
         """Evaluations per task: ~MIN_TASK_S of work, and the batch still spread over two tasks per slot."""
@@ -132,71 +142,101 @@ class VerifierPool:
 
         return tqdm(total=n, desc=f"verify {getattr(self.env, 'name', 'env')}", leave=False, dynamic_ncols=True)
 
+    def submit(self, completion: str, state: State,
+               on_result: Callable[[VerifyResult], None] | None = None) -> Future:
+        """Queue one evaluation now; the future holds its VerifyResult. `on_result(result)` runs (in the
+        pool's thread) before the future completes, so a caller can log it first. Evaluations submitted at
+        different times (a step's groups as they are sampled, the next step's while this one trains) share
+        the same slots, oldest first."""
+        job = _Job(completion, state, on_result)
+        self._enqueue([job])
+        return job.future
+
+    def _enqueue(self, jobs: list["_Job"]) -> None:
+        if self.backend == "local":
+            for job in jobs:
+                self._local_executor().submit(self._run_local, job)
+            return
+        with self._wake:  # all at once: the dispatcher sizes its tasks by what is queued
+            self._queue.extend(jobs)
+            self._start_dispatcher()
+            self._wake.notify()
+
     def evaluate(self, completions: Sequence[str], states: Sequence[State],
                  on_result: Callable[[int, VerifyResult], None] | None = None) -> list[VerifyResult]:
-        """Verify completions[i] against states[i]. `on_result(i, result)` is called as each one finishes (in
-        the driver's thread), so a caller can log every finished evaluation before the batch completes."""
+        """Verify completions[i] against states[i]; results in order. `on_result(i, result)` is called as each
+        one finishes (in the pool's thread, one call at a time), so a caller can log every finished
+        evaluation before the batch completes."""
         if len(completions) != len(states):
             raise ValueError(f"{len(completions)} completions but {len(states)} states")
         bar = self._bar(len(completions))
+
+        def report(i: int):
+            def done(result: VerifyResult) -> None:
+                if bar is not None:
+                    bar.update(1)
+                if on_result is not None:
+                    on_result(i, result)
+            return done
+
         try:
-            if self.backend == "local":
-                return self._evaluate_local(completions, states, bar, on_result)
-            return self._evaluate_ray(completions, states, bar, on_result)
+            jobs = [_Job(c, s, report(i)) for i, (c, s) in enumerate(zip(completions, states))]
+            self._enqueue(jobs)
+            return [job.future.result() for job in jobs]
         finally:
             if bar is not None:
                 bar.close()
 
-    def _evaluate_local(self, completions, states, bar, on_result) -> list[VerifyResult]:
-        lock = threading.Lock()
+    # ---- local backend: a thread per slot ----
+    def _local_executor(self) -> ThreadPoolExecutor:
+        with self._wake:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="verify")
+            return self._executor
 
-        def run(job):
-            i, (completion, state) = job
-            result = _evaluate_one(self.env, completion, state)
-            with lock:
-                if bar is not None:
-                    bar.update(1)
-                if on_result is not None:
-                    on_result(i, result)
-            return result
+    def _run_local(self, job: "_Job") -> None:
+        job.attempts = 1
+        result = _evaluate_one(self.env, job.completion, job.state)
+        with self._callback_lock:  # callbacks one at a time, as with Ray's single dispatcher
+            job.finish(result)
 
-        jobs = list(enumerate(zip(completions, states)))
-        if self.slots == 1 or len(completions) <= 1:
-            return [run(job) for job in jobs]
-        with ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="verify") as pool:
-            return list(pool.map(run, jobs))
+    # ---- ray backend: one dispatcher thread keeps up to two tasks per slot in flight ----
+    def _start_dispatcher(self) -> None:
+        if self._dispatcher is None or not self._dispatcher.is_alive():
+            self._dispatcher = threading.Thread(target=self._dispatch, name="verifier-pool", daemon=True)
+            self._dispatcher.start()
 
-    def _evaluate_ray(self, completions, states, bar, on_result) -> list[VerifyResult]:
+    def _dispatch(self) -> None:
+        try:
+            self._dispatch_loop()
+        except BaseException as e:  # never leave a caller waiting on a future that will not complete
+            with self._wake:
+                jobs = list(self._queue) + [j for ids in self._pending.values() for j in ids[0]]
+                self._queue.clear()
+                self._pending.clear()
+            for job in jobs:
+                job.finish(failed("runtime_error", f"verifier pool failed: {type(e).__name__}: {e}"))
+
+    def _dispatch_loop(self) -> None:
         import ray
         from ray.exceptions import RayTaskError, TaskCancelledError
 
         infra = _infra_errors()
-        results: dict[int, VerifyResult] = {}
-        attempts = [0] * len(completions)
-        queue, pending = deque(range(len(completions))), {}
-
-        def record(i: int, result: VerifyResult) -> None:
-            if i not in results:  # first result wins; duplicates are ignored
-                results[i] = result
-                if bar is not None:
-                    bar.update(1)
-                if on_result is not None:
-                    on_result(i, result)
-
-        while queue or pending:
-            while queue and len(pending) < 2 * self.slots:  # a spare task per slot hides scheduling gaps
-                ids = []
-                while queue and len(ids) < self._per_task(len(completions)):
-                    i = queue.popleft()
-                    if i not in results:
-                        ids.append(i)
-                if not ids:
-                    continue
-                for i in ids:
-                    attempts[i] += 1
-                ref = self._remote.remote(self._env_ref, [(i, completions[i], states[i]) for i in ids])
-                self.tasks_submitted += 1
-                pending[ref] = [ids, None]  # [evaluation ids, time its backstop clock started]
+        while True:
+            with self._wake:
+                while not self._queue and not self._pending and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                per_task = self._per_task(len(self._queue))  # sized by what was queued when this round began
+                while self._queue and len(self._pending) < 2 * self.slots:  # a spare task per slot
+                    jobs = [self._queue.popleft() for _ in range(min(per_task, len(self._queue)))]
+                    for job in jobs:
+                        job.attempts += 1
+                    ref = self._remote.remote(self._env_ref, [(k, j.completion, j.state) for k, j in enumerate(jobs)])
+                    self.tasks_submitted += 1
+                    self._pending[ref] = [jobs, None]  # [jobs, time its backstop clock started]
+                pending = dict(self._pending)
             now = time.monotonic()
             for k, entry in enumerate(pending.values()):  # the oldest `slots` tasks are the running ones
                 if k >= self.slots:
@@ -204,41 +244,70 @@ class VerifierPool:
                 entry[1] = entry[1] or now
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             if not ready:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
             for ref in ready:
-                ids, _ = pending.pop(ref)
+                with self._wake:
+                    jobs, _ = self._pending.pop(ref)
                 try:
-                    for job_id, result in ray.get(ref):
+                    for k, result in ray.get(ref):
                         self._measured(result)
-                        record(job_id, result)
+                        jobs[k].finish(result)
                 except TaskCancelledError:
-                    for i in ids:
-                        record(i, failed("timeout", "cancelled by the driver"))
+                    for job in jobs:
+                        job.finish(failed("timeout", "cancelled by the driver"))
                 except infra as e:
-                    for i in ids:
-                        if attempts[i] <= self.max_infra_retries:
-                            queue.append(i)  # infrastructure, not the program: try again
+                    for job in jobs:
+                        if job.attempts <= self.max_infra_retries:
+                            with self._wake:
+                                self._queue.appendleft(job)  # infrastructure, not the program: try again
                         else:
-                            record(i, failed("runtime_error", f"infrastructure failure after {attempts[i]} "
-                                                              f"attempts: {type(e).__name__}",
-                                             extra={"attempts": attempts[i]}))
+                            job.finish(failed("runtime_error", f"infrastructure failure after {job.attempts} "
+                                                               f"attempts: {type(e).__name__}",
+                                              extra={"attempts": job.attempts}))
                 except RayTaskError as e:
-                    for i in ids:
-                        record(i, failed("runtime_error", f"verification task raised: {str(e)[:300]}"))
-                except Exception as e:  # any other Ray error: final for these answers, never fatal for the batch
-                    for i in ids:
-                        record(i, failed("runtime_error", f"Ray error: {type(e).__name__}: {str(e)[:300]}"))
+                    for job in jobs:
+                        job.finish(failed("runtime_error", f"verification task raised: {str(e)[:300]}"))
+                except Exception as e:  # any other Ray error: final for these answers, never fatal for the pool
+                    for job in jobs:
+                        job.finish(failed("runtime_error", f"Ray error: {type(e).__name__}: {str(e)[:300]}"))
             now = time.monotonic()
-            for ref, (ids, started) in list(pending.items()):
-                if started is not None and now - started > self.backstop_s * len(ids):
-                    ray.cancel(ref, force=True)
-                    del pending[ref]
-                    for i in ids:
-                        record(i, failed("timeout", f"no result within the driver backstop of "
-                                                    f"{self.backstop_s * len(ids):g} s; task force-cancelled"))
-        for i, n in enumerate(attempts):
-            results[i].extra.setdefault("attempts", n)
-        return [results[i] for i in range(len(completions))]
+            with self._wake:
+                overdue = [(ref, jobs) for ref, (jobs, started) in self._pending.items()
+                           if started is not None and now - started > self.backstop_s * len(jobs)]
+                for ref, _ in overdue:
+                    del self._pending[ref]
+            for ref, jobs in overdue:
+                ray.cancel(ref, force=True)
+                for job in jobs:
+                    job.finish(failed("timeout", f"no result within the driver backstop of "
+                                                 f"{self.backstop_s * len(jobs):g} s; task force-cancelled"))
 
     def close(self) -> None:
+        """Stop the dispatcher; evaluations still queued or running are abandoned (their futures stay open)."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
         self._env_ref = None
+
+
+class _Job:
+    """One evaluation: its inputs, its future, and how many Ray tasks it took (infrastructure retries)."""
+
+    def __init__(self, completion: str, state: State, on_result: Callable[[VerifyResult], None] | None):
+        self.completion, self.state, self.on_result = completion, state, on_result
+        self.future: Future = Future()
+        self.attempts = 0
+
+    def finish(self, result: VerifyResult) -> None:
+        if self.future.done():  # the first result wins; a late duplicate is ignored
+            return
+        result.extra.setdefault("attempts", self.attempts)
+        try:
+            if self.on_result is not None:
+                self.on_result(result)
+        except BaseException as e:  # the caller's callback failed (e.g. disk full): the caller must see it
+            self.future.set_exception(e)
+            return
+        self.future.set_result(result)

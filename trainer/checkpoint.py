@@ -68,9 +68,10 @@ class RolloutLog:
         return VerifyResult(**{k: record[k] for k in VerifyResult.__dataclass_fields__})
 
     def append(self, step: int, index: int, group: int, parent_id: int, instance: int, text: str,
-               result: VerifyResult) -> None:
+               result: VerifyResult, **fields) -> None:
+        """`fields`: more about the rollout (e.g. the adapter version that sampled it)."""
         record = {"step": step, "index": index, "group": group, "parent_id": parent_id, "instance": instance,
-                  "text_key": text_key(text), "text": text, **_jsonable(result.to_dict())}
+                  "text_key": text_key(text), "text": text, **fields, **_jsonable(result.to_dict())}
         append_jsonl(self.path, record)
         self.cached[(step, index)] = record
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tinker import types
 
-from envs.base import State, VerifyResult
+from envs.base import State
 from envs.pool import VerifierPool
 from trainer import distributed, init_adapter, rank_sync
 from trainer import metrics as M
@@ -34,7 +34,8 @@ from trainer.config import TrainConfig, to_dict
 from trainer.curriculum import Curriculum, next_groups
 from trainer.datums import imitation_datum, rollout_datum
 from trainer.kl import fold_kl_penalty
-from trainer.rollouts import Rollout, group_seed, render_prompt, sample_groups, unverifiable
+from trainer.pipeline import Plan, Pipeline
+from trainer.rollouts import Rollout, render_prompt
 from trainer.state_sampler import StateSampler, make_state_sampler
 
 PROBE_TEXT = "0123456789 circle packing 2.635"
@@ -87,7 +88,7 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
     groups = cfg.groups
     best = None  # {"reward", "score", "construction", "text", "state", "step", "instance"}
     version = 0  # optimizer steps taken = the adapter version the sampler serves
-    training = sampling = None
+    training = None
     if cfg.trains:
         adam = types.AdamParams(learning_rate=cfg.learning_rate, beta1=cfg.adam_beta1, beta2=cfg.adam_beta2,
                                 eps=cfg.adam_eps, weight_decay=cfg.weight_decay, grad_clip_norm=cfg.grad_clip_norm)
@@ -99,11 +100,9 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
                 train_attn=cfg.train_attn, train_unembed=cfg.train_unembed).result()
         else:
             training = service.create_training_client_from_state_with_optimizer(saved["training_state"]).result()
-        sampling = training.save_weights_and_get_sampling_client().result()
         tokenizer = training.get_tokenizer()
     else:  # frozen / best_of_n: the base model samples, nothing trains
-        sampling = service.create_sampling_client(base_model=cfg.base_model).result()
-        tokenizer = sampling.get_tokenizer()
+        tokenizer = service.create_sampling_client(base_model=cfg.base_model).result().get_tokenizer()
     base = (service.create_sampling_client(base_model=cfg.base_model).result()
             if cfg.trains and cfg.kl_coef > 0 else None)
 
@@ -119,96 +118,99 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
         log(f"resumed {out} after step {saved['step']} (adapter v{version}, buffer sizes "
             f"{[len(i.buffer) for i in instances]})")
     records = truncate_metrics(out / "metrics.jsonl", start)
-    rollout_log = RolloutLog(out / "rollouts.jsonl")
+    pipe = Pipeline(cfg, tokenizer, RolloutLog(out / "rollouts.jsonl"), out)  # trainer/pipeline.py
+    served = pipe.serve(service, training, version)
+    if saved is not None and saved.get("next_batch"):  # async: the batch in flight at the checkpoint, again
+        plan = Plan.from_dict(saved["next_batch"])
+        pipe.ahead = pipe.start(plan, instances[plan.instance], pipe.served_for(plan, served, service))
     wandb = stack.enter_context(M.WandbRun(cfg, out, resume=saved is not None))
     best_writer = M.BestWriter(out, cfg.env_name, cfg.picture_every_s)
     stack.callback(best_writer.flush)  # a picture that lags is drawn at the end, also after an error
-    prefill_tokens = tokenizer.encode(cfg.prefill_text, add_special_tokens=False)
-    params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                  stop=list(cfg.stop) or None)  # None: the model's end-of-turn token
     probe_tokens = None
     if cfg.trains and saved is None:  # v0 (B = 0, or the init_adapter) must already be served
         probe_tokens = _probe_tokens(cfg, tokenizer, instances[0])
-        _check_probe(cfg, training, sampling, probe_tokens, version, log)
+        _check_probe(cfg, training, served.client, probe_tokens, version, log)
+
+    def begin(step: int):
+        """1. select G states (PUCT) from the buffer as it stands now and build prompts; 2. start sampling G
+        groups of K with the adapter served now (stream/async: each group goes to the verifier once sampled)."""
+        inst_id = curriculum.current
+        parents = _select(instances[inst_id].buffer, groups, rng)
+        return pipe.start(Plan(step, inst_id, parents, served.version, served.path), instances[inst_id], served)
 
     log(report.table_header())
     for step in range(start, cfg.steps):
         step_rng_state = rng_states(rng)  # the state a preemption checkpoint of step-1 must hold
+        t0 = time.perf_counter()
+        prefetched = pipe.take(step)  # async: selected and sampling since the previous step
+        batch = prefetched or begin(step)
+        plan, inst = batch.plan, batch.inst
+        rollouts = batch.sampled()
+        t1 = time.perf_counter()
+        if pipe.prefetches and step + 1 < cfg.steps:  # async: step+1 samples while this step verifies and trains
+            pipe.ahead = begin(step + 1)
 
         def previous_step_state():  # nothing below mutates the run until the buffer update (4.)
             return _loop_state(cfg, step - 1, version, groups, best, curriculum, instances, training,
-                               step_rng_state, out)
-        t0 = time.perf_counter()
-        inst_id = curriculum.current
-        inst = instances[inst_id]
-
-        # 1. select states and build prompts
-        parents = _select(inst.buffer, groups, rng)
-        prompts_G = [render_prompt(tokenizer, inst.env.prompt(node.state), cfg.chat_template_kwargs)
-                     for node in parents]
-
-        # 2. sample G groups of K (all in flight at once)
-        seeds_G = [group_seed(cfg.seed, step, g) for g in range(groups)]
-        with M.progress(cfg.progress and groups >= 8, groups, f"sample step {step}") as bar:
-            sampled_G = sample_groups(sampling, prompts_G, cfg.group_size, params, seeds_G, tokenizer,
-                                      thinking_budget=cfg.thinking_budget, final_budget=cfg.final_budget,
-                                      prefill_tokens=prefill_tokens, progress=bar)
-        rollouts = [Rollout(group=g, index=g * cfg.group_size + k, parent_id=parents[g].id,
-                            prompt_tokens=prompts_G[g], **seq)
-                    for g, group in enumerate(sampled_G) for k, seq in enumerate(group)]
-        t1 = time.perf_counter()
+                               step_rng_state, out, prefetched.plan if prefetched else None)
         _raise_if(stop, cfg, checkpoints, step - 1, previous_step_state)
 
-        # 3. verify in the sandbox; every finished evaluation is logged at once, logged ones are not redone
-        _verify(inst, rollouts, step, inst_id, rollout_log)
-        rewards_G_K = np.array([r.result.reward for r in rollouts]).reshape(groups, cfg.group_size)
+        # 3. the last evaluations end (sync: all start now); each is logged as it finishes, logged ones not redone
+        batch.verified()
+        rewards_G_K = np.array([r.result.reward for r in rollouts]).reshape(len(plan.parents), cfg.group_size)
         t2 = time.perf_counter()
         _raise_if(stop, cfg, checkpoints, step - 1, previous_step_state)
 
         # 4. buffer update (PUCT visit counts, children) and the best state ever seen (drawn when it improves)
         improved = _best_of(rollouts, best)
         if improved is not None:  # with its parent state, so `ttt eval` can verify it again
-            parent_state = inst.buffer.node(improved["parent_id"]).state
-            best = {**improved, "step": step, "instance": inst_id, "parent_state": parent_state.to_dict(),
+            parent_state = plan.parents[improved.pop("group")].state
+            best = {**improved, "step": step, "instance": plan.instance, "parent_state": parent_state.to_dict(),
                     "task_id": parent_state.task_id, "program": _program(inst.env, improved["text"])}
             best_writer.write(best, inst.env)
-        for r in rollouts:
-            child = _child_state(inst.env, r, inst.buffer.node(r.parent_id).state) if r.result.ok else None
+        for r in rollouts:  # the parent as selected: async may have pruned it from the buffer since
+            parent = plan.parents[r.group]
+            child = _child_state(inst.env, r, parent.state) if r.result.ok else None
             inst.buffer.record(r.parent_id, child, r.result.value if child is not None else None,
-                               admit=child is not None and inst.env.admits(child))
+                               admit=child is not None and inst.env.admits(child), parent=parent)
         inst.buffer.flush()
 
         # 5. advantages -> datums -> one optimizer step -> the sampler serves the new version
-        train_stats = {}
+        train_stats = M.staleness_stats(rollouts, version)
         t2b = time.perf_counter()
         if cfg.trains:
-            datums, trained, train_stats = _datums(cfg, rollouts, rewards_G_K, base)
+            datums, trained, stats = _datums(cfg, rollouts, rewards_G_K, base)
+            train_stats.update(stats)
             if datums:
                 train_stats.update(_train(cfg, training, datums, trained, adam, step, version, log))
                 version += 1
         t3 = time.perf_counter()
         if cfg.trains and train_stats.get("trained"):
-            sampling = training.save_weights_and_get_sampling_client().result()
+            served = pipe.serve(service, training, version)
             if cfg.probe_every_swap:
                 probe_tokens = probe_tokens or _probe_tokens(cfg, tokenizer, instances[0])
-                train_stats["probe_mismatch"] = _check_probe(cfg, training, sampling, probe_tokens, version, log)
+                train_stats["probe_mismatch"] = _check_probe(cfg, training, served.client, probe_tokens, version,
+                                                             log)
         t4 = time.perf_counter()
 
         # 6. metrics, curriculum, batch size, checkpoint
-        record = M.step_record(step, rollouts, rewards_G_K, inst.buffer, best, version, groups, inst_id,
-                               train_stats, {"t_sample": t1 - t0, "t_verify": t2 - t1, "t_buffer": t2b - t2,
-                                             "t_train": t3 - t2b, "t_swap": t4 - t3})
+        record = M.step_record(step, rollouts, rewards_G_K, inst.buffer, best, version, len(plan.parents),
+                               plan.instance, train_stats,
+                               {"t_sample": t1 - t0, "t_verify": t2 - t1, "t_buffer": t2b - t2, "t_train": t3 - t2b,
+                                "t_swap": t4 - t3})
         n_valid = sum(r.result.ok for r in rollouts)
-        record["promoted"] = curriculum.record_step(step, n_valid, len(rollouts), float(rewards_G_K.sum()),
-                                                    float(rewards_G_K.max()))
+        # async: a step chosen before a promotion still ran on the previous instance; it does not count for the new
+        record["promoted"] = plan.instance == curriculum.current and curriculum.record_step(
+            step, n_valid, len(rollouts), float(rewards_G_K.sum()), float(rewards_G_K.max()))
         if cfg.adaptive_batch:
             groups = next_groups(groups, record["valid_rate"], cfg.target_valid_rate, cfg.min_groups,
                                  cfg.max_groups, len(rollouts))
         t5 = time.perf_counter()
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stop["set"]:
             checkpoints.write(step, _loop_state(cfg, step, version, groups, best, curriculum, instances, training,
-                                                rng_states(rng), out))
+                                                rng_states(rng), out, pipe.ahead.plan if pipe.ahead else None))
         record["t_checkpoint"] = time.perf_counter() - t5
+        record["t_step"] = time.perf_counter() - t0
         records.append(record)
         M.append_record(out, record)
         wandb.log(record)
@@ -313,26 +315,6 @@ def _select(buffer: StateSampler, groups: int, rng) -> list:
     return [picked[i % len(picked)] for i in range(groups)]
 
 
-def _verify(inst: Instance, rollouts: list[Rollout], step: int, inst_id: int, log: RolloutLog) -> None:
-    todo = []
-    for r in rollouts:
-        r.result = log.lookup(step, r.index, r.text)
-        if r.result is None:
-            r.result = unverifiable(r, inst.env.needs_complete_answer)
-            if r.result is not None:  # logged like any evaluation, so a resumed step takes it from the log
-                log.append(step, r.index, r.group, r.parent_id, inst_id, r.text, r.result)
-        if r.result is None:
-            todo.append(r)
-    states = [inst.buffer.node(r.parent_id).state for r in todo]
-
-    def on_result(i: int, result: VerifyResult) -> None:
-        r = todo[i]
-        log.append(step, r.index, r.group, r.parent_id, inst_id, r.text, result)
-
-    for r, result in zip(todo, inst.pool.evaluate([r.text for r in todo], states, on_result=on_result)):
-        r.result = result
-
-
 def _child_state(env, r: Rollout, parent: State) -> State:
     """A valid rollout becomes a state the next prompts can build on (TTT-Discover state reuse)."""
     return State(code=env.parse(r.text) or "", construction=r.result.construction, score=r.result.score,
@@ -355,7 +337,8 @@ def _best_of(rollouts: list[Rollout], best: dict | None) -> dict | None:
     if best is not None and top.result.reward <= best["reward"]:
         return None
     return {"reward": top.result.reward, "score": top.result.score, "value": top.result.value,
-            "construction": top.result.construction, "text": top.text, "parent_id": top.parent_id}
+            "construction": top.result.construction, "text": top.text, "parent_id": top.parent_id,
+            "group": top.group}
 
 
 def _datums(cfg: TrainConfig, rollouts: list[Rollout], rewards_G_K: np.ndarray,
@@ -405,9 +388,13 @@ def _train(cfg: TrainConfig, training, datums: list, trained: list[Rollout], ada
     stats = {"trained": True, "loss": fb.metrics.get("loss:sum"), "datums": len(datums),
              "tokens_trained": int(sum(d.model_input.length for d in datums)),
              "grad_norm": (optim.metrics or {}).get("grad_norm:mean")}
-    deltas = M.sampler_learner_deltas(fb, trained)
-    stats["mismatch_mean"], stats["mismatch_max"] = float(deltas.mean()), float(deltas.max())
-    _check(cfg, stats["mismatch_max"], f"step {step}: sampler and learner logprobs", version, log)
+    fresh = [r.version == version for r in trained]  # async: older samplers differ by the updates since
+    if any(fresh):
+        deltas = M.sampler_learner_deltas(fb, trained, fresh)
+        stats["mismatch_mean"], stats["mismatch_max"] = float(deltas.mean()), float(deltas.max())
+        _check(cfg, stats["mismatch_max"], f"step {step}: sampler and learner logprobs", version, log)
+    if not all(fresh):  # how far the policy moved since those were sampled (the probe proves serving then)
+        stats["stale_mismatch_mean"] = float(M.sampler_learner_deltas(fb, trained, [not f for f in fresh]).mean())
     return stats
 
 
@@ -437,8 +424,11 @@ def _check(cfg, delta: float, what: str, version: int, log) -> None:
     log(f"warning: {message}")
 
 
-def _loop_state(cfg, step, version, groups, best, curriculum, instances, training, rng_state, out) -> dict:
+def _loop_state(cfg, step, version, groups, best, curriculum, instances, training, rng_state, out,
+                next_plan) -> dict:
+    """`next_plan`: async, the next step's batch in flight (resumed with its parents and weights)."""
     state = {"step": step, "version": version, "groups": groups, "best": best, "rng": rng_state,
+             "next_batch": next_plan.to_dict() if next_plan is not None else None,
              "curriculum": curriculum.to_dict(), "buffers": [i.buffer.to_dict() for i in instances],
              "base_model": cfg.base_model, "env": cfg.env, "env_name": cfg.env_name,
              "curriculum_overrides": list(cfg.curriculum), "training_state": None, "local_training_dir": None}

@@ -27,10 +27,20 @@ def beta_stats(betas: list[float]) -> dict:
     return {"beta_mean": float(np.mean(finite)), "beta_min": float(min(finite)), "beta_max": float(max(finite))}
 
 
-def sampler_learner_deltas(fb, rollouts) -> np.ndarray:
-    """|learner logprob - sampler logprob| over the tokens the sampler chose (mask 1) of every datum."""
+def staleness_stats(rollouts, version: int) -> dict:
+    """How many adapter versions the sampler of each rollout was behind the learner that trains on it
+    (pipeline=async: 1 for a step sampled while the previous one trained; sync and stream: 0)."""
+    lags = [version - r.version for r in rollouts] or [0]
+    return {"staleness_max": int(max(lags)), "staleness_mean": float(np.mean(lags))}
+
+
+def sampler_learner_deltas(fb, rollouts, only=None) -> np.ndarray:
+    """|learner logprob - sampler logprob| over the tokens the sampler chose (mask 1) of every datum (of the
+    datums where `only` is true: the learner and the sampler must hold the same version to agree)."""
     deltas = []
-    for out, r in zip(fb.loss_fn_outputs, rollouts):
+    for i, (out, r) in enumerate(zip(fb.loss_fn_outputs, rollouts)):
+        if only is not None and not only[i]:
+            continue
         learner_T = out["logprobs"].to_numpy()[len(r.prompt_tokens) - 1:]
         chosen = np.asarray(r.mask, bool)
         deltas.append(np.abs(learner_T - np.asarray(r.logprobs))[chosen])

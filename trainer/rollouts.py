@@ -27,6 +27,7 @@ class Rollout:
     stop_reason: str
     result: Any = None  # envs.base.VerifyResult once verified
     extra: dict = field(default_factory=dict)
+    version: int = 0  # the adapter version that sampled it (staleness = trained-at version - this)
 
 
 def render_prompt(tokenizer, text: str, chat_template_kwargs: dict | None = None) -> list[int]:
@@ -42,45 +43,74 @@ def group_seed(seed: int, step: int, group: int) -> int:
 def sample_groups(client, prompts_G: Sequence[list[int]], group_size: int, params: types.SamplingParams,
                   seeds_G: Sequence[int], tokenizer, *, thinking_budget: int = 0, final_budget: int = 0,
                   prefill_tokens: Sequence[int] = (), progress: Any = None) -> list[list[dict]]:
-    """-> per group, K dicts {tokens, logprobs, mask, text, stop_reason}. All groups are in flight at once."""
+    """-> per group, K dicts {tokens, logprobs, mask, text, stop_reason}. All groups are in flight at once;
+    the final phases start once every first phase is back (pipeline=sync: the paper's order)."""
     first = params.model_copy(update={"max_tokens": thinking_budget}) if thinking_budget > 0 else params
     futures = [client.sample(types.ModelInput.from_ints(list(p)), group_size, first.model_copy(update={"seed": s}))
                for p, s in zip(prompts_G, seeds_G)]
     groups = []
     for future in futures:
-        response = future.result()
-        groups.append([{"tokens": list(seq.tokens), "logprobs": [float(x) for x in seq.logprobs],
-                        "mask": [1] * len(seq.tokens), "stop_reason": seq.stop_reason}
-                       for seq in response.sequences])
+        groups.append(_sequences(future.result()))
         if progress is not None:
             progress.update(1)
     if thinking_budget > 0:
-        _final_phase(client, prompts_G, groups, params, seeds_G, final_budget, list(prefill_tokens))
+        cut = [(g, k) for g, group in enumerate(groups) for k, seq in enumerate(group)
+               if seq["stop_reason"] == "length"]
+        finals = [_final_request(client, prompts_G[g], groups[g][k], k, params, seeds_G[g], final_budget,
+                                 prefill_tokens) for g, k in cut]
+        for (g, k), future in zip(cut, finals):
+            _join_final(groups[g][k], future.result().sequences[0], prefill_tokens)
     for group in groups:
-        for seq in group:
-            answer = final_answer(tokenizer.decode(seq["tokens"], skip_special_tokens=False),
-                                  tokenizer.decode(seq["tokens"], skip_special_tokens=True))
-            seq["text"] = answer.text if answer.text is not None else ""
-            seq["extra"] = {**seq.get("extra", {}), "answer_format": answer.format,
-                            "reasoning_chars": len(answer.reasoning), "no_answer": answer.problem}
+        _decode(group, tokenizer)
     return groups
 
 
-def _final_phase(client, prompts_G, groups, params, seeds_G, final_budget, prefill) -> None:
-    cut = [(g, k) for g, group in enumerate(groups) for k, seq in enumerate(group) if seq["stop_reason"] == "length"]
-    futures = [client.sample(types.ModelInput.from_ints(list(prompts_G[g]) + groups[g][k]["tokens"] + prefill), 1,
-                             params.model_copy(update={"max_tokens": final_budget,
-                                                       "seed": seeds_G[g] + 7919 * (k + 1)}))
-               for g, k in cut]
-    for (g, k), future in zip(cut, futures):
-        final = future.result().sequences[0]
-        seq = groups[g][k]
-        thinking = len(seq["tokens"])
-        seq["tokens"] = seq["tokens"] + prefill + list(final.tokens)
-        seq["logprobs"] = seq["logprobs"] + [0.0] * len(prefill) + [float(x) for x in final.logprobs]
-        seq["mask"] = [1] * thinking + [0] * len(prefill) + [1] * len(final.tokens)
-        seq["stop_reason"] = final.stop_reason
-        seq["extra"] = {"phases": 2, "thinking_tokens": thinking}
+def sample_group(client, prompt: list[int], group_size: int, params: types.SamplingParams, seed: int, tokenizer,
+                 *, thinking_budget: int = 0, final_budget: int = 0,
+                 prefill_tokens: Sequence[int] = ()) -> list[dict]:
+    """One group, both phases, on its own (pipeline=stream/async: a group goes to the verifier as soon as it
+    is done). Same requests and seeds as sample_groups, so the same tokens."""
+    first = params.model_copy(update={"max_tokens": thinking_budget}) if thinking_budget > 0 else params
+    group = _sequences(client.sample(types.ModelInput.from_ints(list(prompt)), group_size,
+                                     first.model_copy(update={"seed": seed})).result())
+    if thinking_budget > 0:
+        cut = [k for k, seq in enumerate(group) if seq["stop_reason"] == "length"]
+        finals = [_final_request(client, prompt, group[k], k, params, seed, final_budget, prefill_tokens)
+                  for k in cut]
+        for k, future in zip(cut, finals):
+            _join_final(group[k], future.result().sequences[0], prefill_tokens)
+    _decode(group, tokenizer)
+    return group
+
+
+def _sequences(response) -> list[dict]:
+    return [{"tokens": list(seq.tokens), "logprobs": [float(x) for x in seq.logprobs],
+             "mask": [1] * len(seq.tokens), "stop_reason": seq.stop_reason} for seq in response.sequences]
+
+
+def _final_request(client, prompt, seq: dict, k: int, params, seed: int, final_budget: int, prefill):
+    """The final-answer phase of a sequence that hit the thinking budget: after the forced prefill."""
+    return client.sample(types.ModelInput.from_ints(list(prompt) + seq["tokens"] + list(prefill)), 1,
+                         params.model_copy(update={"max_tokens": final_budget, "seed": seed + 7919 * (k + 1)}))
+
+
+def _join_final(seq: dict, final, prefill) -> None:
+    prefill = list(prefill)
+    thinking = len(seq["tokens"])
+    seq["tokens"] = seq["tokens"] + prefill + list(final.tokens)
+    seq["logprobs"] = seq["logprobs"] + [0.0] * len(prefill) + [float(x) for x in final.logprobs]
+    seq["mask"] = [1] * thinking + [0] * len(prefill) + [1] * len(final.tokens)
+    seq["stop_reason"] = final.stop_reason
+    seq["extra"] = {"phases": 2, "thinking_tokens": thinking}
+
+
+def _decode(group: list[dict], tokenizer) -> None:
+    for seq in group:
+        answer = final_answer(tokenizer.decode(seq["tokens"], skip_special_tokens=False),
+                              tokenizer.decode(seq["tokens"], skip_special_tokens=True))
+        seq["text"] = answer.text if answer.text is not None else ""
+        seq["extra"] = {**seq.get("extra", {}), "answer_format": answer.format,
+                        "reasoning_chars": len(answer.reasoning), "no_answer": answer.problem}
 
 
 def unverifiable(r: Rollout, needs_complete_answer: bool) -> VerifyResult | None:

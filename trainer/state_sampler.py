@@ -128,16 +128,20 @@ class StateSampler:
     def select(self, k: int, rng: np.random.Generator | None = None) -> list[Node]:
         raise NotImplementedError
 
-    def record(self, parent_id: int, child: State | None, value: float | None, admit: bool = True) -> Node | None:
+    def record(self, parent_id: int, child: State | None, value: float | None, admit: bool = True,
+               parent: Node | None = None) -> Node | None:
         """Count one finished rollout from `parent_id`; insert its child if valid, admitted and new. Returns the
         new node. `admit` is the env's `admits(child)`: a child it refuses (e.g. an AC1 sequence of 500 pieces)
         still counts for n, T and its parent's m, as in the original, but does not enter the buffer.
 
-        The parent must still be in the buffer: record every rollout of a step before that step's flush.
+        The parent must still be in the buffer (record every rollout of a step before that step's flush), or be
+        passed as `parent`: the node as it was selected, when a flush pruned it while its rollouts were in flight
+        (pipeline=async). Its lineage then still counts, and a valid child enters the buffer as a pruned
+        child's descendants stay: with its parent id kept.
         """
-        if parent_id not in self._by_id:
+        parent = self._by_id.get(parent_id, parent)
+        if parent is None:
             raise KeyError(f"parent {parent_id} is not in the buffer (was it pruned by a flush?)")
-        parent = self._by_id[parent_id]
         lineage = [parent_id] + parent.ancestors
         self.T += 1
         for ancestor_id in lineage:  # pruned ancestors have no stats left to update

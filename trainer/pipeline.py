@@ -1,0 +1,217 @@
+"""How one step's phases overlap (cfg.pipeline); the loop (trainer/loop.py) tells the step's story, this
+module runs its rollouts from sampling to the last evaluation.
+
+    sync    sample all G x K, then verify them all: the paper's order, kept for exact reproduction.
+    stream  each group goes to the verifier pool the moment it is sampled (both phases of two-phase sampling
+            done), so verification overlaps sampling and the step trains as soon as its last evaluation ends.
+            The same requests, seeds and rewards as sync: the same run.
+    async   as stream, and the next step's batch starts sampling as soon as this step's sampling ends, while
+            this step verifies and trains. Its rollouts come from the adapter one version behind the one they
+            are trained at (staleness 1); the importance-sampling loss divides by the sampler's logprobs, so it
+            stays correct, and every rollout records the version that sampled it.
+
+A Batch is one step's rollouts in flight. Its Plan (step, instance, parent nodes, the sampling adapter's
+version and durable path) is fixed when it starts, so a checkpoint taken while it is in flight can restart it
+exactly: the same parents and seeds, sampled by the same weights (async serves every version from
+save_weights_for_sampler, whose path outlives the process), and every evaluation that had finished is taken
+from rollouts.jsonl rather than redone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tinker import types
+
+from envs.base import VerifyResult
+from trainer import metrics as M
+from trainer.checkpoint import RolloutLog
+from trainer.rollouts import Rollout, group_seed, render_prompt, sample_group, sample_groups, unverifiable
+from trainer.state_sampler import Node
+
+
+@dataclass
+class Served:
+    """The sampling client new batches sample with, the adapter version it serves, and (async) the durable
+    tinker:// path of its weights."""
+    client: Any
+    version: int
+    path: str | None = None
+
+
+@dataclass
+class Plan:
+    """What a step samples, fixed when its batch starts; saved with a checkpoint while the batch is in flight."""
+    step: int
+    instance: int
+    parents: list[Node]  # one per group, as selected (a parent may leave the buffer before its rollouts land)
+    version: int
+    sampler_path: str | None
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "instance": self.instance, "parents": [p.to_dict() for p in self.parents],
+                "version": self.version, "sampler_path": self.sampler_path}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        return cls(d["step"], d["instance"], [Node.from_dict(p) for p in d["parents"]], d["version"],
+                   d["sampler_path"])
+
+
+class Pipeline:
+    """Starts batches and keeps what they share: the sampling parameters, the rollout log, the next batch."""
+
+    def __init__(self, cfg, tokenizer, log: RolloutLog, out: Path):
+        self.cfg, self.tokenizer, self.log, self.out = cfg, tokenizer, log, out
+        self.params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+        self.prefill = tokenizer.encode(cfg.prefill_text, add_special_tokens=False)
+        self.log_lock = threading.Lock()  # groups and verifier pools append from their own threads
+        self.ahead: Batch | None = None  # async: the next step's batch, already sampling
+        self._durable: list[str] = []  # async: sampler weights saved by this process, oldest first
+
+    @property
+    def prefetches(self) -> bool:
+        return self.cfg.pipeline == "async" and self.cfg.max_steps_off_policy >= 1
+
+    def serve(self, service, training, version: int) -> Served:
+        """A sampling client for the learner's current weights. async: from a named save, so that a resumed
+        run can sample an in-flight step with these weights again (the newest few are kept on local disk)."""
+        if training is None:  # frozen / best_of_n: the base model
+            return Served(service.create_sampling_client(base_model=self.cfg.base_model).result(), version)
+        if self.cfg.pipeline != "async":
+            return Served(training.save_weights_and_get_sampling_client().result(), version)
+        path = training.save_weights_for_sampler(f"sampler_v{version:06d}").result().path
+        self._durable.append(path)
+        while len(self._durable) > self.cfg.save_every + 2:  # the latest checkpoint's plan needs one of these
+            self._forget(self._durable.pop(0))
+        return Served(service.create_sampling_client(model_path=path).result(), version, path)
+
+    def served_for(self, plan: Plan, served: Served, service) -> Served:
+        """The client that sampled `plan` (a resumed in-flight batch: its own weights, not the newest)."""
+        if plan.version == served.version or plan.sampler_path is None:
+            return served
+        return Served(service.create_sampling_client(model_path=plan.sampler_path).result(), plan.version,
+                      plan.sampler_path)
+
+    def start(self, plan: Plan, inst, served: Served) -> "Batch":
+        return Batch(self, plan, inst, served.client)
+
+    def take(self, step: int) -> "Batch | None":
+        """The prefetched batch of `step`, if there is one."""
+        batch, self.ahead = self.ahead, None
+        return batch if batch is not None and batch.plan.step == step else None
+
+    def append(self, r: Rollout, plan: Plan, result: VerifyResult) -> None:
+        with self.log_lock:
+            self.log.append(plan.step, r.index, r.group, r.parent_id, plan.instance, r.text, result,
+                            version=r.version)
+
+    def _forget(self, path: str) -> None:
+        if self.cfg.backend == "local":
+            from shim.checkpoint_paths import CheckpointStore
+
+            shutil.rmtree(CheckpointStore(self.out / "tinker").parse(path).directory, ignore_errors=True)
+
+
+class Batch:
+    """One step's G x K rollouts, from sampling to the last evaluation."""
+
+    def __init__(self, pipe: Pipeline, plan: Plan, inst, client):
+        self.pipe, self.plan, self.inst, self.client = pipe, plan, inst, client
+        cfg = pipe.cfg
+        self.prompts_G = [render_prompt(pipe.tokenizer, inst.env.prompt(node.state), cfg.chat_template_kwargs)
+                          for node in plan.parents]
+        self.seeds_G = [group_seed(cfg.seed, plan.step, g) for g in range(len(plan.parents))]
+        self.rollouts: list[Rollout] = []
+        self._evaluations: list[Future] = []
+        self._groups: list[Future] | None = None
+        if cfg.pipeline != "sync":  # every group samples and goes to the verifier on its own thread
+            self._groups = [_in_thread(self._sample_and_verify, g) for g in range(len(plan.parents))]
+
+    def sampled(self) -> list[Rollout]:
+        """Wait until every group is sampled (sync: sample them now); rollouts in group order."""
+        cfg = self.pipe.cfg
+        G = len(self.plan.parents)
+        with M.progress(cfg.progress and G >= 8, G, f"sample step {self.plan.step}") as bar:
+            if self._groups is None:
+                sampled_G = sample_groups(self.client, self.prompts_G, cfg.group_size, self.pipe.params,
+                                          self.seeds_G, self.pipe.tokenizer, thinking_budget=cfg.thinking_budget,
+                                          final_budget=cfg.final_budget, prefill_tokens=self.pipe.prefill,
+                                          progress=bar)
+                groups = [self._rollouts(g, seqs) for g, seqs in enumerate(sampled_G)]
+            else:
+                groups = []
+                for future in self._groups:
+                    groups.append(future.result()[0])
+                    if bar is not None:
+                        bar.update(1)
+        self.rollouts = [r for group in groups for r in group]
+        return self.rollouts
+
+    def verified(self) -> list[Rollout]:
+        """Wait until every rollout has its result (sync: verify them all now)."""
+        if self._groups is None:
+            self._verify_all()
+        else:
+            for future in self._groups:
+                for r, evaluation in zip(*future.result()):
+                    if evaluation is not None:
+                        r.result = evaluation.result()
+        return self.rollouts
+
+    # ---- the pieces ----
+    def _rollouts(self, g: int, seqs: list[dict]) -> list[Rollout]:
+        K = self.pipe.cfg.group_size
+        return [Rollout(group=g, index=g * K + k, parent_id=self.plan.parents[g].id, prompt_tokens=self.prompts_G[g],
+                        version=self.plan.version, **seq) for k, seq in enumerate(seqs)]
+
+    def _sample_and_verify(self, g: int) -> tuple[list[Rollout], list[Future | None]]:
+        cfg = self.pipe.cfg
+        seqs = sample_group(self.client, self.prompts_G[g], cfg.group_size, self.pipe.params, self.seeds_G[g],
+                            self.pipe.tokenizer, thinking_budget=cfg.thinking_budget, final_budget=cfg.final_budget,
+                            prefill_tokens=self.pipe.prefill)
+        rollouts = self._rollouts(g, seqs)
+        return rollouts, [self._submit(r) for r in rollouts]
+
+    def _known(self, r: Rollout) -> bool:
+        """A result from the log (a resumed step) or a rollout with no answer to verify (logged now)."""
+        with self.pipe.log_lock:
+            r.result = self.pipe.log.lookup(self.plan.step, r.index, r.text)
+        if r.result is None:
+            r.result = unverifiable(r, self.inst.env.needs_complete_answer)
+            if r.result is not None:  # logged like any evaluation, so a resumed step takes it from the log
+                self.pipe.append(r, self.plan, r.result)
+        return r.result is not None
+
+    def _submit(self, r: Rollout) -> Future | None:
+        if self._known(r):
+            return None
+        state = self.plan.parents[r.group].state
+        return self.inst.pool.submit(r.text, state, lambda result: self.pipe.append(r, self.plan, result))
+
+    def _verify_all(self) -> None:
+        todo = [r for r in self.rollouts if not self._known(r)]
+        states = [self.plan.parents[r.group].state for r in todo]
+        results = self.inst.pool.evaluate([r.text for r in todo], states,
+                                          on_result=lambda i, result: self.pipe.append(todo[i], self.plan, result))
+        for r, result in zip(todo, results):
+            r.result = result
+
+
+def _in_thread(fn, *args) -> Future:
+    """fn(*args) on a daemon thread (a batch abandoned at preemption must not hold the process open)."""
+    future: Future = Future()
+
+    def run():
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:
+            future.set_exception(e)
+
+    threading.Thread(target=run, daemon=True, name="sample-group").start()
+    return future
