@@ -68,7 +68,8 @@ class Pipeline:
 
     def __init__(self, cfg, tokenizer, log: RolloutLog, out: Path):
         self.cfg, self.tokenizer, self.log, self.out = cfg, tokenizer, log, out
-        self.params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+        self.params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                           stop=list(cfg.stop) or None)  # None: the model's end-of-turn token
         self.prefill = tokenizer.encode(cfg.prefill_text, add_special_tokens=False)
         self.log_lock = threading.Lock()  # groups and verifier pools append from their own threads
         self.ahead: Batch | None = None  # async: the next step's batch, already sampling
