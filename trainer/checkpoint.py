@@ -4,6 +4,7 @@
     out/metrics.jsonl                   one line per finished step
     out/checkpoints/step_NNNNNN/        loop_state.json: step, buffer with visit counts, RNG states, best,
                                         curriculum and batch state, the training state's tinker:// path
+                                        (written as .step_NNNNNN.tmp/, then renamed: never seen partial)
     out/checkpoints/latest              the name of the newest complete checkpoint (written last, atomically)
 
 The learner's adapter + optimizer are saved through the client API (save_state), so the same files work on
@@ -13,6 +14,7 @@ Tinker's cloud; with the local backend they live under out/tinker/.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -32,11 +34,25 @@ def text_key(text: str) -> str:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a failed write names no file; the error line should
+            e.filename = str(path)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _repair_tail(path: Path) -> None:
@@ -90,14 +106,18 @@ def _jsonable(x):
     return x
 
 
-def truncate_metrics(path: Path, before_step: int) -> list[dict]:
-    """Keep the lines of steps < before_step (a step logged after its checkpoint was not taken is redone)."""
+def truncate_metrics(path: Path, before_step: int, saved: dict | None = None) -> list[dict]:
+    """Keep the lines of steps < before_step (a step logged after its checkpoint was not taken is redone).
+    The line of the checkpointed step itself, lost when the run died (or the disk filled) between its
+    checkpoint and its line, is taken from the checkpoint `saved`."""
     _repair_tail(path)
-    if not path.exists():
-        return []
-    kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     kept = [r for r in kept if r["step"] < before_step]
-    _atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    last = (saved or {}).get("metrics_record")
+    if last is not None and last["step"] == before_step - 1 and all(r["step"] != last["step"] for r in kept):
+        kept.append(last)
+    if kept or path.exists():
+        _atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     return kept
 
 
@@ -122,13 +142,28 @@ class Checkpoints:
             return None
         return json.loads((self.root / pointer.read_text().strip() / "loop_state.json").read_text())
 
-    def write(self, step: int, state: dict) -> Path:
-        """Write step's loop state, then move `latest` to it; older ones beyond `keep` are removed."""
+    def write(self, step: int, state: dict, record: dict | None = None) -> Path:
+        """Write step's loop state (and its metrics `record`, for truncate_metrics) into a temporary dir,
+        rename it into place, then move `latest` to it: a crash or a full disk at any point leaves the
+        previous checkpoint the latest, and no partial one. Older ones beyond `keep` are removed."""
+        if record is not None:
+            state = {**state, "metrics_record": record}
         name = f"step_{step:06d}"
-        directory = self.root / name
-        directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(directory / "loop_state.json", json.dumps(_jsonable(state)))
-        _atomic_write(self.root / "latest", name)
+        directory, tmp, replaced = self.root / name, self.root / f".{name}.tmp", self.root / f".{name}.old"
+        self.root.mkdir(parents=True, exist_ok=True)
+        for leftover in (tmp, replaced):  # of a write that was interrupted
+            shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            tmp.mkdir()
+            _atomic_write(tmp / "loop_state.json", json.dumps(_jsonable(state)))
+            if directory.exists():  # this step, written before a crash and redone after the resume
+                directory.rename(replaced)
+            tmp.rename(directory)
+            _fsync_dir(self.root)
+            _atomic_write(self.root / "latest", name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # frees what a failed write took (e.g. on a full disk)
+            shutil.rmtree(replaced, ignore_errors=True)
         older = sorted(p for p in self.root.glob("step_*") if p.name < name)
         for old in older[: max(0, len(older) - (self.keep - 1))]:
             try:
@@ -139,6 +174,38 @@ class Checkpoints:
                 shutil.rmtree(local, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
         return directory
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull")  # libraries' own errors
+
+
+def no_space(exc: BaseException | None) -> BaseException | None:
+    """The disk-full error among `exc` and the errors it was raised from or while handling (a full disk
+    usually fails the cleanup too), or None. safetensors and others raise their own types quoting it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE or any(t in str(exc) for t in NO_SPACE_TEXT):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def no_space_message(exc: BaseException, out: Path) -> str:
+    """One line: what could not be written, what to do, and which checkpoint a resume continues from."""
+    path = getattr(exc, "filename", None)
+    where = f"writing {path}" if path else f"writing into {out}"
+    try:
+        latest = Checkpoints(out).latest()
+    except (OSError, ValueError):
+        latest = None
+    if latest is None:
+        return (f"no space left on device {where}: no checkpoint was completed; free space on that disk (or "
+                f"choose an out= on another one) and start the run again after removing {out}")
+    return (f"no space left on device {where}: free space on that disk (or move {out} to a disk with room and "
+            f"point out= at it), then rerun with resume=true to continue from the last complete checkpoint "
+            f"(step {latest['step']}, intact)")
 
 
 def read_checkpoint(path: str | Path) -> dict:

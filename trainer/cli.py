@@ -89,9 +89,18 @@ def cmd_train(args) -> int:
 
 
 def _run_and_report(cfg) -> int:
+    from pathlib import Path
+
+    from trainer.checkpoint import no_space, no_space_message
     from trainer.loop import run
 
-    records = run(cfg)
+    try:
+        records = run(cfg)
+    except Exception as e:  # a full disk: one line with the fix, not the chain of everything that then failed
+        full = no_space(e)
+        if full is None or os.environ.get("TTT_DEBUG"):
+            raise
+        raise ValueError(no_space_message(full, Path(cfg.out))) from None
     if not records:
         print(f"nothing to do: {cfg.out} already finished {cfg.steps} steps")
         return 0

@@ -117,7 +117,7 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
             inst.buffer = StateSampler.from_dict(buffer)
         log(f"resumed {out} after step {saved['step']} (adapter v{version}, buffer sizes "
             f"{[len(i.buffer) for i in instances]})")
-    records = truncate_metrics(out / "metrics.jsonl", start)
+    records = truncate_metrics(out / "metrics.jsonl", start, saved)
     pipe = Pipeline(cfg, tokenizer, RolloutLog(out / "rollouts.jsonl"), out)  # trainer/pipeline.py
     served = pipe.serve(service, training, version)
     if saved is not None and saved.get("next_batch"):  # async: the batch in flight at the checkpoint, again
@@ -208,7 +208,8 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
         t5 = time.perf_counter()
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stop["set"]:
             checkpoints.write(step, _loop_state(cfg, step, version, groups, best, curriculum, instances, training,
-                                                rng_states(rng), out, pipe.ahead.plan if pipe.ahead else None))
+                                                rng_states(rng), out, pipe.ahead.plan if pipe.ahead else None),
+                              record)  # its line, should the run end before it is appended
         record["t_checkpoint"] = time.perf_counter() - t5
         record["t_step"] = time.perf_counter() - t0
         records.append(record)

@@ -42,10 +42,15 @@ def table_row(metrics: dict) -> str:
 
 def append_jsonl(path: Path, record: dict) -> None:
     """One line per record, flushed and fsynced so a killed run loses no completed step."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.filename is None:  # a failed write names no file; the error line should (on resume the partial
+            e.filename = str(path)  # line it may have left is cut)
+        raise
 
 
 def read_jsonl(path: Path) -> list[dict]:
