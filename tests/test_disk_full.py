@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.checkpoint import read_checkpoint
+from trainer.checkpoint import Checkpoints, no_space, no_space_message, read_checkpoint
 from trainer.report import read_jsonl
 
 TTT = str(Path(sys.executable).with_name("ttt"))
@@ -59,21 +59,27 @@ def _train(out: Path, *extra: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, step: int, timeout: float = 300.0) -> None:
+def _fill_after_checkpoint(proc: subprocess.Popen, out: Path, disk: Path, step: int = 1,
+                           timeout: float = 600.0) -> Path:
+    """Once `step` is checkpointed, fill `disk`; the run is killed if that point is not reached."""
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if read_checkpoint(out)["step"] >= step:
-                return
-        except (OSError, ValueError):
-            pass
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "timed out waiting for the checkpoint"
-        time.sleep(0.05)
+    try:
+        while True:
+            try:
+                if read_checkpoint(out)["step"] >= step:
+                    return _fill(disk)
+            except (OSError, ValueError):
+                pass
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "timed out waiting for the checkpoint"
+            time.sleep(0.05)
+    except BaseException:
+        proc.kill()
+        raise
 
 
 def _fails_with_one_line(proc: subprocess.Popen, *names: str) -> str:
-    _, stderr = proc.communicate(timeout=300)
+    _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 2, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     errors = [line for line in stderr.splitlines() if line.startswith("ttt: error:")]
@@ -93,7 +99,7 @@ def _intact_then_resumes(out: Path, filler: Path, line: str) -> None:
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")], "partial checkpoint left"
     filler.unlink()
     resumed = _train(out, "resume=true", f"steps={state['step'] + 3}")
-    stdout, stderr = resumed.communicate(timeout=300)
+    stdout, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr[-3000:]
     assert f"after step {state['step']}" in stdout
     steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl")]
@@ -109,9 +115,8 @@ def test_disk_full_while_checkpointing(small_disk, tmp_path):
         (small_disk / name).mkdir()
         (out / name).symlink_to(small_disk / name)
     proc = _train(out)
-    _wait_for_checkpoint(proc, out, 1)
-    filler = _fill(small_disk)
-    line = _fails_with_one_line(proc, str(out / "checkpoints"), str(out / "tinker"), f"into {out}")
+    filler = _fill_after_checkpoint(proc, out, small_disk)
+    line = _fails_with_one_line(proc, str(out / "checkpoints"), str(out / "tinker"))
     _intact_then_resumes(out, filler, line)
 
 
@@ -121,7 +126,36 @@ def test_disk_full_while_appending_a_log(small_disk, tmp_path, log):
     out.mkdir()
     (out / log).symlink_to(small_disk / log)  # dangling until the run's first append creates it
     proc = _train(out)
-    _wait_for_checkpoint(proc, out, 1)
-    filler = _fill(small_disk)
+    filler = _fill_after_checkpoint(proc, out, small_disk)
     line = _fails_with_one_line(proc, str(out / log))
     _intact_then_resumes(out, filler, line)
+
+
+def test_a_checkpoint_that_does_not_fit_is_never_taken_as_the_latest(small_disk):
+    checkpoints = Checkpoints(small_disk / "run")
+    checkpoints.write(0, {"step": 0})
+    filler = _fill(small_disk)
+    with pytest.raises(OSError) as failed:
+        checkpoints.write(1, {"step": 1, "buffers": ["x" * 100_000]})
+    assert failed.value.errno == errno.ENOSPC and failed.value.filename.endswith("loop_state.json")
+    assert checkpoints.latest() == {"step": 0}
+    assert sorted(os.listdir(checkpoints.root)) == ["latest", "step_000000"]  # the partial one is gone
+    filler.unlink()
+    checkpoints.write(1, {"step": 1, "buffers": ["x" * 100_000]})
+    assert checkpoints.latest()["step"] == 1
+
+
+def test_the_full_disk_is_found_behind_the_errors_it_caused(tmp_path):
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("shutting down failed too")
+    except RuntimeError as e:
+        assert no_space(e).errno == errno.ENOSPC
+    quoted = Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                       'left on device" })')  # safetensors' own error type
+    assert no_space(quoted) is quoted
+    assert no_space(ValueError("bad config")) is None
+    line = no_space_message(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.json")), tmp_path)
+    assert line.startswith(f"no space left on device writing {tmp_path / 'x.json'}: ") and "no checkpoint" in line

@@ -192,10 +192,22 @@ def no_space(exc: BaseException | None) -> BaseException | None:
     return None
 
 
+def _full_dir(out: Path) -> Path:
+    """Where the run writes, the dir on the disk that is full (a library's failed write names no file)."""
+    for directory in (out / "tinker", out / "checkpoints", out):  # the learner's state is the large write
+        try:
+            fs = os.statvfs(directory)
+        except OSError:
+            continue
+        if fs.f_bavail * fs.f_frsize < (1 << 20):
+            return directory
+    return out
+
+
 def no_space_message(exc: BaseException, out: Path) -> str:
     """One line: what could not be written, what to do, and which checkpoint a resume continues from."""
     path = getattr(exc, "filename", None)
-    where = f"writing {path}" if path else f"writing into {out}"
+    where = f"writing {path}" if path else f"writing into {_full_dir(out)}"
     try:
         latest = Checkpoints(out).latest()
     except (OSError, ValueError):
