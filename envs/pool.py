@@ -287,6 +287,10 @@ class VerifierPool:
         with self._wake:
             self._closed = True
             self._wake.notify_all()
+        if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
+            # it returns within one POLL_S wait; a dispatcher still in ray.wait when the process then calls
+            # ray.shutdown() makes Ray's core worker end the process with exit code 1 (a SIGTERM's 143 lost)
+            self._dispatcher.join(timeout=10.0)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._env_ref = None

@@ -71,7 +71,8 @@ def _watch(run_pid: int, run_id: str, pidfd: int | None) -> None:
         if ended:
             break
         table = _table()
-        seen.update({pid: table[pid][1] for pid in _descendants(table, {run_pid})})
+        alive = {pid for pid, started in seen.items() if pid in table and table[pid][1] == started}
+        seen = {pid: table[pid][1] for pid in alive | _descendants(table, {run_pid})}  # bounded: the living
     _sweep(run_id, seen)
 
 
