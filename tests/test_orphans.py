@@ -8,14 +8,36 @@ process (walked by ppid while it lives) plus every process whose environment car
 Other agents may run Ray or vLLM on this machine at the same time, so processes are never matched by name."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 TTT = str(Path(sys.executable).with_name("ttt"))
 BASE = ["+experiment=demo", "steps=50", "progress=false"]
+ROOT = str(Path(__file__).resolve().parents[1])
+
+# A process that starts the watchdog, then children of every kind a run has, then waits to be killed.
+RUN_LIKE = f"""
+import os, subprocess, sys, time
+sys.path.insert(0, {ROOT!r})
+from trainer import supervisor
+supervisor.start()
+quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+subprocess.Popen(["sleep", "300"], **quiet)                              # a child (marked)
+subprocess.Popen(["sleep", "301"], start_new_session=True, **quiet)      # in its own session, as Ray's (marked)
+subprocess.run(["sh", "-c", "sleep 302 &"], **quiet)                     # a daemon, orphaned at once (marked)
+subprocess.Popen(["sleep", "303"], env={{}}, **quiet)                      # no environment, as a sandbox
+if os.fork() == 0:                                                       # forked, not exec'd, as vLLM's engine
+    time.sleep(300)
+    os._exit(0)
+print("ready", flush=True)
+time.sleep(300)
+"""
 
 
 def _stat(pid: int) -> tuple[int, int, str, str] | None:
@@ -132,6 +154,28 @@ def _kill_mid_run_then_resume(tmp_path: Path, *extra: str, expect: tuple[str, ..
     assert resumed.returncode == 0, stderr[-3000:]
     assert "resumed" in stdout
     _assert_all_gone(resumed.pid, {}, time.monotonic())
+
+
+@pytest.mark.parametrize("user", ["root", "unprivileged"])
+def test_the_watchdog_kills_every_kind_of_child_of_a_killed_process(user):
+    command = [sys.executable, "-c", RUN_LIKE]
+    if user == "unprivileged":
+        if os.getuid() != 0 or shutil.which("setpriv") is None:
+            pytest.skip("needs root and setpriv to run as nobody")
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]  # exec: same pid
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.5)  # the watchdog notes descendants once a second
+        procs = _run_processes(proc.pid)
+        names = [name.split()[0] for _, name in procs.values()]
+        assert len(names) == 6 and names.count("sleep") == 4 and "ttt-watchdog" in names, names
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    proc.wait()
+    took = _assert_all_gone(proc.pid, procs, t0, within_s=5.0)
+    print(f"{user}: {len(procs)} processes before SIGKILL, 0 left {took:.1f} s after it")
 
 
 def test_sigkill_of_a_vllm_ray_run_leaves_no_process_and_resumes(tmp_path):
