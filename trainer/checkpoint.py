@@ -182,14 +182,17 @@ NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull"
 
 def no_space(exc: BaseException | None) -> BaseException | None:
     """The disk-full error among `exc` and the errors it was raised from or while handling (a full disk
-    usually fails the cleanup too), or None. safetensors and others raise their own types quoting it."""
-    seen = set()
+    usually fails the cleanup too), or None: the first one raised that names its file, else the first one.
+    safetensors and others raise their own types quoting it."""
+    chain, seen = [], set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in NO_SPACE or any(t in str(exc) for t in NO_SPACE_TEXT):
-            return exc
+        chain.append(exc)
         exc = exc.__cause__ or exc.__context__
-    return None
+    full = [e for e in chain
+            if isinstance(e, OSError) and e.errno in NO_SPACE or any(t in str(e) for t in NO_SPACE_TEXT)]
+    named = [e for e in full if getattr(e, "filename", None)]
+    return (named or full)[-1] if full else None
 
 
 def _full_dir(out: Path) -> Path:

@@ -89,11 +89,14 @@ def cmd_train(args) -> int:
 
 
 def _run_and_report(cfg) -> int:
+    import logging
     from pathlib import Path
 
     from trainer.checkpoint import no_space, no_space_message
     from trainer.loop import run
 
+    # a library's log file on a full disk would print a traceback per record (wandb's debug.log)
+    logging.raiseExceptions = bool(os.environ.get("TTT_DEBUG"))
     try:
         records = run(cfg)
     except Exception as e:  # a full disk: one line with the fix, not the chain of everything that then failed
