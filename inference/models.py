@@ -66,22 +66,30 @@ def resolve_model(name_or_path: str) -> str:
         return name_or_path  # a hub id: the loaders fetch it
 
 
-def ensure_tiny_model(root: Path | None = None) -> Path:
-    """Build the tiny model once (atomically, under a file lock) and return its directory."""
-    root = root or cache_dir() / "models"
-    target = root / f"tiny-{TINY_VERSION}"
+def build_once(target: Path, build) -> Path:
+    """`target` (a model dir with config.json), made by `build(tmp_dir)` the first time: under a file lock, so
+    concurrent runs build it once, and atomically (a rename), so a crash never leaves a half-built model."""
     if (target / "config.json").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".tiny-{TINY_VERSION}.lock", "w") as lock:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "config.json").is_file():
             return target
-        tmp = root / f".tiny-{TINY_VERSION}.tmp{os.getpid()}"
+        tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        build_tiny_model(tmp)
-        os.replace(tmp, target)
+        tmp.mkdir(parents=True)
+        try:
+            build(tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def ensure_tiny_model(root: Path | None = None) -> Path:
+    """Build the tiny model once (atomically, under a file lock) and return its directory."""
+    return build_once((root or cache_dir() / "models") / f"tiny-{TINY_VERSION}", build_tiny_model)
 
 
 def _corpus(n: int, seed: int) -> list[str]:

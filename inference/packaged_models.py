@@ -12,12 +12,9 @@ learner then agree to ~1e-5, which the loop checks every step).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,33 +80,22 @@ def gguf_parts(model: PackagedModel) -> list[Path]:
 
 def ensure_packaged_model(name: str, root: Path | None = None) -> Path:
     """The HF directory of packaged model `name`, converted on first use; raises PackageMissing / ValueError."""
-    from inference.models import cache_dir
+    from inference.models import build_once, cache_dir
 
     model = PACKAGED[name]
-    root = root or cache_dir() / "models"
-    target = root / f"{name}-{model.gguf_sha256[:12]}-{CONVERSION_VERSION}"
+    target = (root or cache_dir() / "models") / f"{name}-{model.gguf_sha256[:12]}-{CONVERSION_VERSION}"
     if (target / "config.json").is_file():
         return target
     parts = gguf_parts(model)  # before the lock: a missing package is reported at once
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").is_file():
-            return target
-        tmp = root / f".{target.name}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            gguf = _joined_gguf(parts, tmp, model)
-            convert_gguf(gguf, tmp)
-            gguf.unlink()
-            (tmp / "ttt_packaged_model.json").write_text(json.dumps(
-                {"name": name, "gguf_sha256": model.gguf_sha256, "license": model.license, "about": model.about,
-                 "conversion": CONVERSION_VERSION}, indent=2))
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    def build(tmp: Path) -> None:
+        gguf = _joined_gguf(parts, tmp, model)
+        convert_gguf(gguf, tmp)
+        gguf.unlink()
+        (tmp / "ttt_packaged_model.json").write_text(json.dumps(
+            {"name": name, "gguf_sha256": model.gguf_sha256, "license": model.license, "about": model.about,
+             "conversion": CONVERSION_VERSION}, indent=2))
+    return build_once(target, build)
 
 
 def _joined_gguf(parts: list[Path], tmp: Path, model: PackagedModel) -> Path:

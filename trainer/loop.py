@@ -12,7 +12,6 @@ state ever seen (out/best.json, out/best.png), not the policy.
 from __future__ import annotations
 
 import json
-import math
 import signal
 import time
 from contextlib import ExitStack
