@@ -142,12 +142,12 @@ def _is_tracker(pid: int) -> bool:
         return False
 
 
-def run_processes(run_id: str, seen: dict[int, int] | None = None, table: dict | None = None) -> set[int]:
+def _run_processes(run_id: str, seen: dict[int, int]) -> set[int]:
     """Live (not zombie) processes of the run: marked ones, the noted ones still alive, and descendants."""
-    table = _table() if table is None else table
+    table = _table()
     me = os.getpid()
     roots = {pid for pid in table if pid != me and _marked(pid, run_id)}
-    roots |= {pid for pid, started in (seen or {}).items() if pid in table and table[pid][1] == started}
+    roots |= {pid for pid, started in seen.items() if pid in table and table[pid][1] == started}
     found = (roots | _descendants(table, roots)) - {me}
     return {pid for pid in found if table[pid][2] not in ("Z", "X")}
 
@@ -155,7 +155,7 @@ def run_processes(run_id: str, seen: dict[int, int] | None = None, table: dict |
 def _sweep(run_id: str, seen: dict[int, int]) -> None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < GIVE_UP_S:
-        left = run_processes(run_id, seen)
+        left = _run_processes(run_id, seen)
         if not left:
             return
         others = {pid for pid in left if not _is_tracker(pid)}
