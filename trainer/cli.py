@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the RL loop on the embedded tiny model and the toy task (--real: a "
                                        "pretrained model writing programs)")
     demo.add_argument("--real", action="store_true",
-                      help="SmolLM2-135M-Instruct writes Python functions scored by hidden tests (~10 min on 2 cores)")
+                      help="SmolLM2-135M-Instruct writes Python functions scored by hidden tests (~13-17 min on 2 cores)")
     demo.add_argument("--out", default=None, help="output dir (default runs/demo, with --real runs/demo_real)")
     demo.add_argument("--steps", type=int, default=None)
     demo.add_argument("--seed", type=int, default=None)
