@@ -18,6 +18,7 @@ PRESETS = {"cp26": ("CirclePackingEnv", {"n": 26, "target": 2.636, "cpus_per_eva
            "ac2": ("SecondAutocorrelationEnv", {"target": 0.97}),
            "erdos": ("ErdosMinOverlapEnv", {"target": 0.3808, "max_length": 1000}),
            "code": ("CodeEnv", {"problems_per_family": 4}), "arc": ("ArcEnv", {"version": "arcagi"}),
+           "code_basics": ("CodeEnv", {"problems_per_family": 1, "tests_per_problem": 10, "memory_mb": 512}),
            "tabular": ("TabularEnv", {"dataset": "breast_cancer"}), "toy_digits": ("ToyDigitsEnv", {"length": 12})}
 
 
