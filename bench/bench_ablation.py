@@ -75,7 +75,7 @@ def table(results: dict[str, list[dict[str, np.ndarray]]], steps: int) -> str:
             row += [cell(np.array([c["best"][t] for c in runs])), cell(np.array([c["valid"][t] for c in runs]))]
         lines.append(f"| {t} | " + " | ".join(row) + " |")
     final = ["| mean reward, last step | " + " | ".join(
-        f"{cell(np.array([c['reward'][-1] for c in runs]))} | " for runs in results.values()).rstrip(" |") + " |"]
+        f"{cell(np.array([c['reward'][-1] for c in runs]))} | -" for runs in results.values()) + " |"]
     return "\n".join(lines + final)
 
 
@@ -135,16 +135,20 @@ def main() -> int:
                            max_lora_rank=cfg.lora_rank, seed=0, **cfg.sampler_args)
     print(f"sampler {cfg.sampler} for {cfg.base_model} ready in {time.perf_counter() - t0:.0f} s", flush=True)
     results: dict[str, list[dict[str, np.ndarray]]] = {m: [] for m in modes}
-    t_all = time.perf_counter()
+    step_seconds = 0.0  # the runs' own step times, also for runs finished by an earlier invocation
     for seed in seeds:  # seed-major: a run cut short still has every mode for the seeds it finished
         for mode in modes:
-            results[mode].append(curves(run_one(mode, seed, args, sampler)))
-    minutes = (time.perf_counter() - t_all) / 60
+            records = run_one(mode, seed, args, sampler)
+            step_seconds += sum(sum(r.get(k) or 0.0 for k in ("t_sample", "t_verify", "t_buffer", "t_train",
+                                                                "t_swap", "t_checkpoint")) for r in records)
+            results[mode].append(curves(records))
+    minutes = step_seconds / 60
     out = Path(args.out)
     plot(results, out / "ablation.png")
     body = (f"Command: `.venv/bin/python bench/bench_ablation.py --seeds {args.seeds} --steps {args.steps} "
-            f"--groups {args.groups} --group-size {args.group_size}` ({time.strftime('%Y-%m-%d')}, "
-            f"{minutes:.0f} min on this machine for the runs not already on disk). Model {cfg.base_model}, env "
+            f"--groups {args.groups} --group-size {args.group_size} --modes {','.join(modes)}` "
+            f"({time.strftime('%Y-%m-%d')}; the runs' steps took {minutes:.0f} min in all on this machine, shared "
+            f"with other jobs). Model {cfg.base_model}, env "
             f"{cfg.env_name} ({', '.join(cfg.env.get('families') or [])}), {args.groups} groups x {args.group_size} "
             f"samples per step, max_tokens {cfg.max_tokens}, temperature {cfg.temperature}, seeds {seeds}; "
             f"mean +- std over seeds.\n\n{table(results, args.steps)}\n\n![ablation curves](bench/ablation.png)")
