@@ -72,8 +72,9 @@ def main() -> int:
                         str(out / "sft"), "base_model=smollm2-135m", "lora_rank=16", f"epochs={args.epochs}",
                         "batch_size=4", f"learning_rate={args.learning_rate}", "learner_args.dtype=float32"],
                        check=True, cwd=ROOT)
-    sft_s = time.perf_counter() - t0
     adapter = json.loads((out / "sft" / "adapter.json").read_text())
+    sft_s = sum(json.loads(line).get("t_epoch", 0.0) for line in (out / "sft" / "metrics.jsonl").read_text().splitlines()
+                if line.strip()) or time.perf_counter() - t0  # the SFT run's own epoch times, also when cached
     base = step0(out / "rl_base", [])
     warm = step0(out / "rl_warm", [f"init_adapter={out / 'sft'}"])
     keys = ("valid_rate", "format_rate", "truncated_rate", "reward_mean", "reward_max")
