@@ -41,9 +41,11 @@ def assert_same_records(a: list[dict], b: list[dict]) -> None:
         assert all(abs(x_noise[k] - y_noise[k]) <= 1e-5 for k in x_noise if x_noise[k] is not None), (x_noise, y_noise)
 
 
-def assert_same_tensors(a: dict, b: dict, name: str) -> None:
-    """Saved weights / optimizer moments: the same keys, each tensor within 1e-5 of its own scale."""
+def assert_same_tensors(a: dict, b: dict, name: str, rel: float = REL) -> None:
+    """Saved weights / optimizer moments: the same keys, each tensor within `rel` (1e-5) of its own scale."""
     assert a.keys() == b.keys(), name
     for k in a:
         scale = float(a[k].abs().max()) if a[k].numel() else 0.0
-        torch.testing.assert_close(a[k], b[k], rtol=REL, atol=REL * scale + 1e-12, msg=f"{name}: {k}")
+        worst = float((a[k] - b[k]).abs().max()) / max(scale, 1e-30) if a[k].numel() else 0.0
+        torch.testing.assert_close(a[k], b[k], rtol=rel, atol=rel * scale + 1e-12,
+                                   msg=f"{name}: {k} differs by {worst:.2e} of its scale (allowed {rel:g})")

@@ -14,6 +14,7 @@ import pytest
 
 from envs.base import Env, State, VerifyResult
 from envs.pool import VerifierPool
+from tests.run_compare import REL
 from tests.test_resume import _finish, _lines, _same_run, _train, _wait_for
 from trainer.config import compose
 from trainer.loop import run
@@ -33,7 +34,11 @@ def test_stream_is_the_same_run_as_sync(tmp_path, two_phase):
     extra = ["thinking_budget=6", "final_budget=5", "prefill_text=' ... final answer:'"] if two_phase else []
     _run(tmp_path / "sync", "pipeline=sync", *extra)
     records = _run(tmp_path / "stream", "pipeline=stream", *extra)
-    _same_run(tmp_path / "sync", tmp_path / "stream")  # metrics, buffer, best, rng, weights, every rollout
+    # Two-phase final-answer requests coalesce with other batch-mates under stream than under sync, so their
+    # sampled logprobs differ at fp32 rounding (~1e-6); three Adam steps, which divide small gradients by
+    # sqrt(v), amplify that to ~6e-5 of a tensor's scale (measured in a full test run). Discrete results (tokens,
+    # rewards, buffer, best, every rollout) must still be equal.
+    _same_run(tmp_path / "sync", tmp_path / "stream", weights_rel=5e-4 if two_phase else REL)
     assert all(r["staleness_max"] == 0 and r["mismatch_max"] < 1e-4 for r in records)
 
 

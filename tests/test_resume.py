@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.run_compare import assert_same_records, assert_same_tensors
+from tests.run_compare import REL, assert_same_records, assert_same_tensors
 from trainer.checkpoint import read_checkpoint
 from trainer.report import read_jsonl
 
@@ -51,7 +51,7 @@ def _lines(path: Path, step: int) -> int:
 
 
 
-def _same_run(a: Path, b: Path) -> None:
+def _same_run(a: Path, b: Path, weights_rel: float = REL) -> None:
     assert_same_records(read_jsonl(a / "metrics.jsonl"), read_jsonl(b / "metrics.jsonl"))  # tests/run_compare.py
     state_a, state_b = read_checkpoint(a), read_checkpoint(b)
     for key in ("step", "version", "best", "buffers", "curriculum", "groups"):
@@ -63,7 +63,7 @@ def _same_run(a: Path, b: Path) -> None:
     for name in ("adapter/adapter_model.safetensors", "state.safetensors"):  # adapter, and Adam's moments
         ta = load_file(str(Path(state_a["local_training_dir"]) / name))
         tb = load_file(str(Path(state_b["local_training_dir"]) / name))
-        assert_same_tensors(ta, tb, name)
+        assert_same_tensors(ta, tb, name, weights_rel)
     def rollouts(run):  # each rollout exactly once, equal but for its verification wall time
         records = [{k: v for k, v in r.items() if k != "wall_s"} for r in read_jsonl(run / "rollouts.jsonl")]
         return sorted(records, key=lambda r: (r["step"], r["index"]))

@@ -158,8 +158,16 @@ class WandbRun:
         if run_id is None:
             run_id = uuid.uuid4().hex[:8]
             id_file.write_text(run_id)
-        self.run = wandb.init(project=self.cfg.wandb_project, dir=str(self.out), mode=self.cfg.wandb_mode,
-                              id=run_id, resume="allow", config=asdict(self.cfg), name=self.out.name)
+        try:
+            self.run = wandb.init(project=self.cfg.wandb_project, dir=str(self.out), mode=self.cfg.wandb_mode,
+                                  id=run_id, resume="allow", config=asdict(self.cfg), name=self.out.name)
+        except Exception as e:  # noqa: BLE001 - after a kill -9, wandb may still see the dead run's id "in use"
+            if "in use" not in str(e) or not self.resume:
+                raise
+            run_id = uuid.uuid4().hex[:8]  # continue under a new wandb id; metrics.jsonl stays the record
+            id_file.write_text(run_id)
+            self.run = wandb.init(project=self.cfg.wandb_project, dir=str(self.out), mode=self.cfg.wandb_mode,
+                                  id=run_id, resume="allow", config=asdict(self.cfg), name=self.out.name)
         return self
 
     def log(self, record: dict) -> None:
