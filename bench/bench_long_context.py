@@ -92,7 +92,7 @@ def child(args) -> dict:
 
     from inference.models import resolve_model
     from trainer.learner import LoRALearner, LoraSpec
-    from trainer.learner_inputs import plan_micro_batches
+    from trainer.learner.inputs import plan_micro_batches
 
     torch.set_num_threads(args.threads)
     learner = LoRALearner(resolve_model("tiny"), LoraSpec(rank=args.rank, seed=0), micro_batch_tokens=args.budget,

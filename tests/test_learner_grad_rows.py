@@ -5,7 +5,7 @@ import pytest
 import torch
 from tinker import types
 
-import trainer.learner as learner_module
+import trainer.learner.lora_learner as learner_module
 from trainer.losses import rows_with_gradient
 from tolerances import grad_atol, logprob_tol, loss_tol, weight_scale
 

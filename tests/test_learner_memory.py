@@ -7,8 +7,8 @@ import torch
 
 from trainer.datums import rollout_datum
 from trainer.learner import LoRALearner, LoraSpec, resolve_dtype
-from trainer.learner_inputs import plan_micro_batches, shard_by_tokens
-from trainer.learner_logprobs import target_logprobs
+from trainer.learner.inputs import plan_micro_batches, shard_by_tokens
+from trainer.learner.logprobs import target_logprobs
 from tolerances import grad_rel, logprob_tol, loss_tol
 
 PROMPT = [1, 87, 85, 71]

@@ -8,7 +8,7 @@ import torch
 from tinker import types
 
 from trainer.learner import LoRALearner, LoraSpec
-from trainer.learner_prefix import PrefixGroup, find_groups, pass_cost, plan_shared, shard_groups
+from trainer.learner.prefix import PrefixGroup, find_groups, pass_cost, plan_shared, shard_groups
 from tolerances import grad_atol, logprob_tol, loss_tol, weight_scale
 
 P1 = list(range(100, 120))  # 20 tokens
@@ -127,7 +127,7 @@ def test_prefix_sharing_refuses_what_it_cannot_do(tiny_model_path):
 def test_kv_ratio_from_configs():
     from types import SimpleNamespace
 
-    from trainer.learner_prefix import kv_ratio
+    from trainer.learner.prefix import kv_ratio
 
     tiny = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, hidden_size=128)  # head_dim 32
     assert kv_ratio(tiny) == 1.0

@@ -13,9 +13,9 @@ import pytest
 import tinker
 import torch
 
-from trainer import learner_logprobs
 from trainer.learner import LoRALearner, LoraSpec
-from trainer.learner_inputs import plan_micro_batches
+from trainer.learner import logprobs as learner_logprobs
+from trainer.learner.inputs import plan_micro_batches
 from tolerances import MODEL_N, tol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,8 +14,8 @@ from typing import Callable
 
 import torch
 
-from trainer.learner_inputs import PreparedDatum
-from trainer.learner_prefix import shared_prefix_hidden
+from trainer.learner.inputs import PreparedDatum
+from trainer.learner.prefix import shared_prefix_hidden
 
 # Model types whose transformers implementation derives packed-sequence masks from position_ids.
 PACKABLE_MODEL_TYPES = {"qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "llama", "mistral"}
@@ -184,7 +184,7 @@ def _split_by_gradient(lm_head: torch.nn.Module, rows_T_H: torch.Tensor, targets
 def shared_prefix_logprobs(call_model: Callable[..., torch.Tensor], batch: list[PreparedDatum], groups: list,
                            device: str, lm_head: torch.nn.Module, grad_rows: list[torch.Tensor] | None = None
                            ) -> list[torch.Tensor]:
-    """batch_logprobs for a shared-prefix pass (learner_prefix.py): `groups` hold indices into `batch`. A
+    """batch_logprobs for a shared-prefix pass (prefix.py): `groups` hold indices into `batch`. A
     group's prefix rows are scored once when its members' targets agree there; each member gets its logprobs
     through a gather, whose backward adds the members' gradients."""
     hidden_R_H, prefix_rows, own_rows = shared_prefix_hidden(call_model, [d.tokens for d in batch], groups, device)

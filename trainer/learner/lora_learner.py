@@ -13,11 +13,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from trainer import distributed, learner_state
-from trainer.learner_custom import run_custom_loss
-from trainer.learner_inputs import PreparedDatum, fields_for, plan_micro_batches, prepare_data, shard_by_tokens
-from trainer.learner_logprobs import LM_HEAD_MODEL_TYPES, PACKABLE_MODEL_TYPES, batch_logprobs, shared_prefix_logprobs
-from trainer.learner_prefix import (PrefixGroup, allow_cache_under_checkpointing, find_groups, kv_ratio,
+from trainer import distributed
+from trainer.learner import state as learner_state
+from trainer.learner.custom import run_custom_loss
+from trainer.learner.inputs import PreparedDatum, fields_for, plan_micro_batches, prepare_data, shard_by_tokens
+from trainer.learner.logprobs import LM_HEAD_MODEL_TYPES, PACKABLE_MODEL_TYPES, batch_logprobs, shared_prefix_logprobs
+from trainer.learner.prefix import (PrefixGroup, allow_cache_under_checkpointing, find_groups, kv_ratio,
                                     plan_shared, shard_groups)
 from trainer.losses import check_loss, rows_with_gradient, token_loss_sum
 
@@ -86,7 +87,7 @@ class LoRALearner:
         there packing costs O(pass^2) and padded micro-batches are several times faster (bench_trl: 2.5 -> 0.7 s).
 
         `prefix_sharing`: datums that start with the same tokens (a group's prompt) run that prefix once per pass
-        (learner_prefix.py); None = wherever it is supported (a chunked-lm_head model type, no packing, no
+        (trainer/learner/prefix.py); None = wherever it is supported (a chunked-lm_head model type, no packing, no
         ZeRO-3; with or without gradient checkpointing), which is exact up to float rounding.
 
         `micro_batch_tokens`: the token budget of one forward/backward pass (packed: the sum of the datums'
@@ -125,7 +126,7 @@ class LoRALearner:
         if distributed.launched_with_deepspeed() if use_deepspeed is None else use_deepspeed:
             self.engine, self.optimizer = distributed.wrap_with_deepspeed(self.model, self.optimizer)
             self.device = str(self.engine.device)  # where DeepSpeed placed this rank's model
-        # Chunked lm_head (learner_logprobs.chunked_target_logprobs): the model returns the decoder's output and
+        # Chunked lm_head (logprobs.chunked_target_logprobs): the model returns the decoder's output and
         # no pass builds its (T, V) logits. Not under ZeRO-3: it partitions lm_head's weight and does not gather
         # it again when checkpointing recomputes a chunk in backward, so there each pass builds its full logits.
         chunked = base_model.config.model_type in LM_HEAD_MODEL_TYPES and distributed.zero_stage(self.engine) < 3
