@@ -28,7 +28,8 @@ from envs.base import State  # noqa: E402
 from envs.circle_packing import CirclePackingEnv  # noqa: E402
 from envs.pool import VerifierPool  # noqa: E402
 from envs.sandbox import Limits, SandboxJob, run_sandboxed  # noqa: E402
-from envs.sandbox_profile import LAYERS, current_profile, detect_profile  # noqa: E402
+from envs.sandbox.detect import current_profile, detect_profile  # noqa: E402
+from envs.sandbox.profile import LAYERS  # noqa: E402
 
 TRIVIAL = SandboxJob("def main():\n    return 0\n", "main", result="json")
 

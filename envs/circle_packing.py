@@ -16,8 +16,8 @@ from envs import reference_data
 from envs.base import State, VerifyResult
 from envs.program_env import ProgramEnv
 from envs.prompting import PromptSpec
-from envs.result_channel import ChannelError, finite_float_array
 from envs.sandbox import SandboxJob, SandboxOutcome
+from envs.sandbox.result_channel import ChannelError, finite_float_array
 
 TARGETS = {26: 2.636, 32: 2.940}  # shown in TTT-Discover's prompts
 

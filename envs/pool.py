@@ -100,7 +100,7 @@ class VerifierPool:
         if address is None and getattr(env, "limits", None) is not None:
             # programs will run on this host: detect the sandbox now, so a broken one fails here and the
             # protections that are off are logged once in this process (Ray workers log to their own files)
-            from envs.sandbox_profile import current_profile
+            from envs.sandbox.detect import current_profile
 
             current_profile()
         if backend == "ray":

@@ -14,8 +14,8 @@ import numpy as np
 
 from envs.base import State, VerifyResult
 from envs.program_env import ProgramEnv
-from envs.result_channel import ChannelError, finite_float_array
 from envs.sandbox import SandboxJob, SandboxOutcome
+from envs.sandbox.result_channel import ChannelError, finite_float_array
 from envs.step_functions import check_heights
 
 

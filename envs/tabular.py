@@ -15,8 +15,8 @@ import numpy as np
 from envs.base import State, VerifyResult
 from envs.program_env import ProgramEnv
 from envs.prompting import PromptSpec
-from envs.result_channel import ChannelError, finite_float_array
 from envs.sandbox import SandboxJob, SandboxOutcome
+from envs.sandbox.result_channel import ChannelError, finite_float_array
 
 DATASETS = {  # name -> (sklearn loader, task kind, metric)
     "breast_cancer": ("load_breast_cancer", "classification", "accuracy"),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the Debian tools the verifier sandbox uses (envs/sandbox*.py), if missing. Idempotent.
+# Install the Debian tools the verifier sandbox uses (envs/sandbox/), if missing. Idempotent.
 #   bubblewrap  -> bwrap: namespaces, read-only system, private tmpfs, die-with-parent
 #   util-linux  -> prlimit (resource limits) and setpriv (unprivileged uid, pdeathsig)
 #   libseccomp2 -> the seccomp filter (compiled through the pyseccomp wheel, pinned in requirements)

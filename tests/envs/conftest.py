@@ -14,7 +14,7 @@ SHARED_REFERENCE = "/work/shared/reference/alphaevolve_constructions.json"
 
 @pytest.fixture(scope="session")
 def profile():
-    from envs.sandbox_profile import current_profile
+    from envs.sandbox.detect import current_profile
 
     return current_profile()
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from envs.result_channel import ChannelError, finite_float_array, parse_json, parse_npz, read_capped, read_tail
+from envs.sandbox.result_channel import ChannelError, finite_float_array, parse_json, parse_npz, read_capped, read_tail
 
 
 def npz_bytes(**arrays) -> bytes:

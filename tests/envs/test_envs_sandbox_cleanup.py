@@ -14,8 +14,8 @@ import time
 import pytest
 
 from envs.sandbox import Limits, SandboxJob, run_sandboxed
-from envs.sandbox_cleanup import reap_dead_runs, remove_tree
-from envs.sandbox_profile import detect_profile
+from envs.sandbox.cleanup import reap_dead_runs, remove_tree
+from envs.sandbox.detect import detect_profile
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEEP = 1500  # shutil.rmtree recursed once per level: RecursionError from ~1000
@@ -166,7 +166,7 @@ def test_run_dirs_of_a_crashed_parent_are_reaped_by_the_next_profile():
             time.sleep(600)
     """)
     driver = ("from envs.sandbox import run_sandboxed, SandboxJob, Limits\n"
-              "from envs.sandbox_profile import detect_profile\n"
+              "from envs.sandbox.detect import detect_profile\n"
               f"run_sandboxed(SandboxJob({src!r}, 'main', result='json'), Limits(timeout_s=120), "
               "profile=detect_profile({'bwrap'}))\n")
     profile = detect_profile({"bwrap"})

@@ -14,8 +14,8 @@ import textwrap
 import pytest
 
 from envs.sandbox import Limits, SandboxJob, run_sandboxed
-from envs.sandbox_cgroups import CgroupSupport
-from envs.sandbox_profile import detect_profile
+from envs.sandbox.cgroups import CgroupSupport
+from envs.sandbox.detect import detect_profile
 
 SPIN = textwrap.dedent("""
     import os, resource, time

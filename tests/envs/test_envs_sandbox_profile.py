@@ -10,9 +10,10 @@ import textwrap
 
 import pytest
 
-from envs import sandbox_spawner
 from envs.sandbox import Limits, SandboxJob, run_sandboxed
-from envs.sandbox_profile import LAYERS, detect_profile
+from envs.sandbox import spawner as sandbox_spawner
+from envs.sandbox.detect import detect_profile
+from envs.sandbox.profile import LAYERS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,7 +31,7 @@ def test_missing_protections_are_logged_once():
         import logging
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
         from envs.sandbox import run_sandboxed, SandboxJob
-        from envs.sandbox_profile import current_profile
+        from envs.sandbox.detect import current_profile
         current_profile(); current_profile()
         for _ in range(2):
             assert run_sandboxed(SandboxJob("def main():\\n    return 1\\n", "main", result="json")).value == 1
@@ -40,7 +41,7 @@ def test_missing_protections_are_logged_once():
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stderr.splitlines() if "protections OFF" in line]
     assert len(lines) == 1 and "seccomp (disabled by TTT_SANDBOX_DISABLE)" in lines[0]
-    bad = subprocess.run([sys.executable, "-c", "from envs.sandbox_profile import current_profile; current_profile()"],
+    bad = subprocess.run([sys.executable, "-c", "from envs.sandbox.detect import current_profile; current_profile()"],
                          cwd=REPO, env={**os.environ, "TTT_SANDBOX_DISABLE": "firewall"}, capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown layers ['firewall']" in bad.stderr
 

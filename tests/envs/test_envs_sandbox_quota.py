@@ -9,7 +9,7 @@ import pytest
 
 from sandbox_helpers import require
 from envs.sandbox import Limits, SandboxJob, run_sandboxed
-from envs.sandbox_command import writable_area
+from envs.sandbox.command import writable_area
 
 FILL = textwrap.dedent("""
     import os

@@ -13,7 +13,7 @@ import pytest
 
 from sandbox_helpers import require
 from envs.sandbox import Limits, SandboxJob, run_sandboxed
-from envs.sandbox_profile import detect_profile
+from envs.sandbox.detect import detect_profile
 
 PRELUDE = textwrap.dedent("""
     import ctypes, os, socket

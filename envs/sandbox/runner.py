@@ -1,11 +1,11 @@
 """In-sandbox runner: executes ONE candidate program and writes its outputs as data, never a score.
 
-Run as `python -I -S sandbox_runner.py [JOB_DIR]` (default /job, the bwrap mount point).
+Run as `python -I -S runner.py [JOB_DIR]` (default /job, the bwrap mount point).
 Stdlib only (numpy is imported only when the job has array inputs or an npz result), so that a trivial
 program costs little more than `python -c pass`.
 
 Everything here runs in the same process as untrusted code, so nothing it writes is trusted: the parent
-re-validates every byte (envs/result_channel.py) and computes scores itself. The runner only
+re-validates every byte (envs/sandbox/result_channel.py) and computes scores itself. The runner only
   1. applies resource limits and the seccomp filter before any candidate code runs (belt and braces:
      when the outer `prlimit` is missing these are the only limits);
   2. execs the program and calls its entry function as `call.json` says;

@@ -1,9 +1,11 @@
-"""Run one untrusted program in a sandbox and bring back its outputs as validated data.
+"""Run one untrusted program in a sandbox and bring back its outputs as validated data (the parent's side;
+envs/sandbox/runner.py is the side inside the sandbox).
 
-    outcome = run_sandboxed(SandboxJob(source, entry="run_packing"), Limits(timeout_s=60))
+    outcome = run_with_profile(SandboxJob(source, entry="run_packing"), Limits(timeout_s=60), profile)
 
-The program runs in its own process tree (layers: envs/sandbox_command.py; availability:
-envs/sandbox_profile.py), as an unprivileged user without network, environment or view of our /proc, with
+Callers use envs.sandbox.run_sandboxed, which supplies this host's profile (envs/sandbox/detect.py).
+The program runs in its own process tree (layers: envs/sandbox/command.py; availability:
+envs/sandbox/detect.py), as an unprivileged user without network, environment or view of our /proc, with
 CPU-time / address-space / file-size limits, memory, pids and cpu cgroups where the host has them (CPU
 affinity otherwise), a size-limited private writable area, and dies with us. At the deadline the whole tree is killed (cgroup.kill / freezer, process group, pid namespace), and it is
 killed again unconditionally before its outputs are read. Outcome order: timeout -> oom -> crash -> result.
@@ -29,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from envs import sandbox_command as cmd
-from envs import sandbox_spawner
-from envs.result_channel import ChannelError, parse_json, parse_npz, read_capped, read_tail
-from envs.sandbox_cleanup import remove_tree
-from envs.sandbox_profile import SandboxProfile, current_profile
+from envs.sandbox import command as cmd
+from envs.sandbox import spawner as sandbox_spawner
+from envs.sandbox.cleanup import remove_tree
+from envs.sandbox.profile import SandboxProfile
+from envs.sandbox.result_channel import ChannelError, parse_json, parse_npz, read_capped, read_tail
 
 STATUS_CAP = 64 << 10
 STATUS_FILE = "status.json"
@@ -231,8 +233,8 @@ def _kill_tree(proc: subprocess.Popen, cgroups) -> None:
     proc.kill()
 
 
-def run_sandboxed(job: SandboxJob, limits: Limits = Limits(), profile: SandboxProfile | None = None) -> SandboxOutcome:
-    profile = profile or current_profile()
+def run_with_profile(job: SandboxJob, limits: Limits, profile: SandboxProfile) -> SandboxOutcome:
+    """Run `job` under `limits` with the protection layers of `profile`."""
     t0 = time.perf_counter()
     run_dir = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=profile.runs_dir)
     os.chmod(run_dir, 0o711)

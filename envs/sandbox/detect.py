@@ -4,6 +4,7 @@ Detection is by trial, not by guess: tools are looked up, cgroups are probed, th
 program; if that fails, layers are dropped one at a time (seccomp, bwrap, uid drop) until a self-test
 passes. Whatever is off is logged ONCE as a warning, naming each missing protection and why.
 `TTT_SANDBOX_DISABLE=bwrap,seccomp,...` turns layers off on purpose (debugging, tests of the fallback).
+The profile itself (which layers, and turning one off) is envs/sandbox/profile.py.
 """
 
 from __future__ import annotations
@@ -15,61 +16,14 @@ import os
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass, field, replace
 
-from envs.sandbox_cgroups import CgroupSupport
-from envs.sandbox_cleanup import reap_dead_runs
+from envs.sandbox.cgroups import CgroupSupport
+from envs.sandbox.cleanup import reap_dead_runs
+from envs.sandbox.execute import Limits, SandboxJob, run_with_profile
+from envs.sandbox.profile import LAYERS, SandboxProfile
 
 log = logging.getLogger("envs.sandbox")
-LAYERS = ("cgroup_memory", "cgroup_pids", "cgroup_kill", "cgroup_cpu", "prlimit", "pdeathsig", "uid_drop", "bwrap",
-          "disk_quota", "seccomp")
 _TOOL_DIRS = "/usr/bin:/bin:/usr/sbin:/sbin:/usr/local/bin"
-
-
-@dataclass(frozen=True)
-class SandboxProfile:
-    """The layers in use; a None tool means that layer is off. `off` says why each missing layer is off."""
-
-    cgroups: CgroupSupport | None = None
-    prlimit: str | None = None
-    setpriv: str | None = None
-    drop_uid: bool = False
-    bwrap: str | None = None
-    bwrap_tmpfs_size: bool = False  # bwrap can size its tmpfs: the program's writable area is bounded
-    taskset: str | None = None  # CPU affinity: the CPU bound where no cpu cgroup is writable
-    seccomp_path: str | None = None
-    runner_path: str = ""
-    runs_dir: str = ""
-    off: dict = field(default_factory=dict)
-
-    @property
-    def as_root(self) -> bool:
-        return os.geteuid() == 0
-
-    def layers(self) -> dict[str, bool]:
-        cg = self.cgroups
-        return {"cgroup_memory": bool(cg and cg.memory), "cgroup_pids": bool(cg and cg.pids),
-                "cgroup_kill": bool(cg and cg.tree_kill), "cgroup_cpu": bool(cg and cg.cpu),
-                "prlimit": bool(self.prlimit), "pdeathsig": bool(self.setpriv), "uid_drop": self.drop_uid,
-                "bwrap": bool(self.bwrap), "disk_quota": bool(self.bwrap and self.bwrap_tmpfs_size),
-                "seccomp": bool(self.seccomp_path)}
-
-    def without(self, layer: str, reason: str) -> "SandboxProfile":
-        """This profile with one layer off (and the layers that depend on it), each with its reason."""
-        off = {**self.off, layer: reason}
-        if layer.startswith("cgroup_"):
-            cgroups = self.cgroups.without(layer[len("cgroup_"):]) if self.cgroups else None
-            return replace(self, off=off, cgroups=cgroups if cgroups and cgroups.any else None)
-        if layer == "pdeathsig":  # the uid drop is done by setpriv too
-            if self.drop_uid:
-                off["uid_drop"] = f"needs setpriv, which is off ({reason})"
-            return replace(self, off=off, setpriv=None, drop_uid=False)
-        if layer == "bwrap" and self.bwrap_tmpfs_size:  # the quota is bwrap's sized tmpfs
-            off["disk_quota"] = f"needs bwrap, which is off ({reason}): the program writes to host dirs"
-        field_name, value = {"prlimit": ("prlimit", None), "uid_drop": ("drop_uid", False),
-                             "bwrap": ("bwrap", None), "disk_quota": ("bwrap_tmpfs_size", False),
-                             "seccomp": ("seccomp_path", None)}[layer]
-        return replace(self, off=off, **{field_name: value})
 
 
 def _private_dir(path: str, mode: int) -> str:
@@ -106,7 +60,7 @@ def _candidate_profile(disabled: set[str]) -> SandboxProfile:
     base = _private_dir(os.path.join(tempfile.gettempdir(), f"ttt_sandbox_{os.geteuid()}"), 0o711)
     lib_dir = _private_dir(os.path.join(base, "lib"), 0o755)
     runs_dir = _private_dir(os.path.join(base, "runs"), 0o711)
-    with open(os.path.join(os.path.dirname(__file__), "sandbox_runner.py"), "rb") as f:
+    with open(os.path.join(os.path.dirname(__file__), "runner.py"), "rb") as f:
         runner = f.read()
     runner_path = _install_file(lib_dir, "runner.py", runner)
     reap_dead_runs(runs_dir)  # run dirs of processes that died mid-run; never raises, whatever they hold
@@ -129,7 +83,7 @@ def _candidate_profile(disabled: set[str]) -> SandboxProfile:
         off["uid_drop"] = "not root: the program runs as the worker's own uid"
     seccomp_path = None
     try:
-        from envs.sandbox_seccomp import compiled_filter
+        from envs.sandbox.seccomp import compiled_filter
 
         seccomp_path = _install_file(lib_dir, "seccomp.bpf", compiled_filter())
     except Exception as e:  # ImportError (pyseccomp) or OSError (libseccomp missing)
@@ -159,10 +113,8 @@ def _candidate_profile(disabled: set[str]) -> SandboxProfile:
 
 def _self_test(profile: SandboxProfile) -> str | None:
     """None if a trivial program runs and reports through this profile, else the failure."""
-    from envs.sandbox import Limits, SandboxJob, run_sandboxed
-
     job = SandboxJob(source="def main():\n    return [1, 2]\n", entry="main", result="json")
-    outcome = run_sandboxed(job, Limits(timeout_s=20, memory_mb=512), profile=profile)
+    outcome = run_with_profile(job, Limits(timeout_s=20, memory_mb=512), profile)
     if outcome.status == "ok" and outcome.value == [1, 2]:
         return None
     return f"{outcome.status}: {outcome.message} {outcome.stderr_tail[-300:]}".strip()

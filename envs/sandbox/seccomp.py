@@ -11,7 +11,7 @@ namespace (a user namespace would hand the program every capability inside it, a
 namespace, mounts). clone3(2) passes its flags in memory, which seccomp cannot read, so clone3 fails with
 ENOSYS: glibc then falls back to clone(2), whose flags are checked (threads and fork keep working).
 The compiled BPF bytes go to bwrap (--seccomp FD) or are loaded by the in-sandbox runner before any candidate
-code runs (envs/sandbox_runner.py).
+code runs (envs/sandbox/runner.py).
 """
 
 from __future__ import annotations
