@@ -22,14 +22,10 @@ import os
 import sys
 from typing import Any
 
+from envs import render
 from envs.base import State, VerifyResult
 from envs.registry import ENVS, make_env
-
-MAX_INPUT_BYTES = 64 << 20
-
-
-class InputError(ValueError):
-    """Bad command-line input; reported as one error record."""
+from envs.user_input import InputError, read_input, verify_construction
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,57 +69,6 @@ def build_env(args: argparse.Namespace):
         return make_env(args.env, **params)
     except (ValueError, TypeError) as e:
         raise InputError(f"bad parameters for {args.env}: {e}") from None
-
-
-def read_input(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_INPUT_BYTES + 1)
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
-    if len(data) > MAX_INPUT_BYTES:
-        raise InputError(f"{path} is larger than {MAX_INPUT_BYTES >> 20} MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not UTF-8 text") from None
-
-
-def _pick(data: Any, *keys: str) -> Any:
-    if isinstance(data, dict):
-        for key in keys:
-            if key in data:
-                return data[key]
-        raise InputError(f"the JSON object needs one of the keys {', '.join(keys)}")
-    return data
-
-
-def verify_construction(env, data: Any) -> VerifyResult:
-    """Verify a construction loaded from JSON with the same checks the program path uses."""
-    import numpy as np
-
-    try:
-        if env.name == "circle_packing":
-            if isinstance(data, dict) and "circles" not in data:
-                centers, radii = _pick(data, "centers"), _pick(data, "radii")
-            else:  # [[x, y, r], ...] as in the AlphaEvolve results, or TTT-Discover's {"circles": rows}
-                rows = np.asarray(_pick(data, "circles"), dtype=np.float64)
-                if rows.ndim != 2 or rows.shape[1] != 3:
-                    raise InputError(f"expected {{'centers', 'radii'}} or rows of [x, y, r], got shape {rows.shape}")
-                centers, radii = rows[:, :2], rows[:, 2]
-            return env.verify_construction(np.asarray(centers, dtype=np.float64), np.asarray(radii, dtype=np.float64))
-        if env.name in ("ac1", "ac2"):
-            return env.verify_construction(np.asarray(_pick(data, "heights", "sequence", "values"), dtype=np.float64))
-        if env.name == "erdos":
-            return env.verify_construction(np.asarray(_pick(data, "h_values", "heights", "sequence", "values"),
-                                                      dtype=np.float64))
-        if env.name == "tabular":
-            return env.verify_predictions(np.asarray(_pick(data, "predictions"), dtype=np.float64))
-    except (TypeError, ValueError) as e:
-        if isinstance(e, InputError):
-            raise
-        raise InputError(f"the construction is not numeric data of the right form ({e})") from None
-    raise InputError(f"env {env.name} verifies programs (.py), not construction files")
 
 
 def _record(result: VerifyResult, env_name: str, path: str) -> dict:
@@ -189,8 +134,6 @@ def verify_main(argv: list[str]) -> int:
 
 
 def render_main(argv: list[str]) -> int:
-    from envs import render
-
     try:
         parser = _parser("ttt render")
         parser.add_argument("--out", help="PNG to write (default: PATH with .png)")

@@ -11,7 +11,7 @@ import json
 import numpy as np
 
 from envs.base import State
-from envs.cli import InputError, read_input, verify_construction
+from envs.user_input import InputError, read_input, verify_construction
 
 ARC_COLOURS = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
                "#870C25"]

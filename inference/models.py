@@ -7,11 +7,12 @@ Real users pass a hub name or a local path instead.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
-import shutil
 from pathlib import Path
+
+from inference.model_cache import build_once, cache_dir
+from inference.packaged_models import PACKAGED, PackageMissing, ensure_packaged_model, is_packaged
 
 TINY_NAME = "tiny"
 TINY_VERSION = "v2"  # bump when the recipe below changes, so stale caches are rebuilt
@@ -26,10 +27,6 @@ class ModelNotFound(ValueError):
     pass
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("TTT_CACHE_DIR", Path.home() / ".cache" / "ttt")).expanduser()
-
-
 def resolve_model(name_or_path: str) -> str:
     """'tiny' -> the built tiny model dir; a packaged model's short name (inference/packaged_models.py) -> its
     converted dir; an existing dir -> itself; a hub id -> its cached snapshot or the id.
@@ -38,8 +35,6 @@ def resolve_model(name_or_path: str) -> str:
     """
     if name_or_path == TINY_NAME:
         return str(ensure_tiny_model())
-    from inference.packaged_models import PackageMissing, ensure_packaged_model, is_packaged
-
     if is_packaged(name_or_path):
         try:
             return str(ensure_packaged_model(name_or_path))
@@ -64,27 +59,6 @@ def resolve_model(name_or_path: str) -> str:
                 "download it first or pass a local path or 'tiny'"
             ) from None
         return name_or_path  # a hub id: the loaders fetch it
-
-
-def build_once(target: Path, build) -> Path:
-    """`target` (a model dir with config.json), made by `build(tmp_dir)` the first time: under a file lock, so
-    concurrent runs build it once, and atomically (a rename), so a crash never leaves a half-built model."""
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").is_file():
-            return target
-        tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            build(tmp)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def ensure_tiny_model(root: Path | None = None) -> Path:
@@ -149,6 +123,4 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> None:
 
 
 def _packaged_names() -> list[str]:
-    from inference.packaged_models import PACKAGED
-
     return sorted(PACKAGED)

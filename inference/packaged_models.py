@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference.model_cache import build_once, cache_dir
+
 
 @dataclass(frozen=True)
 class PackagedModel:
@@ -80,8 +82,6 @@ def gguf_parts(model: PackagedModel) -> list[Path]:
 
 def ensure_packaged_model(name: str, root: Path | None = None) -> Path:
     """The HF directory of packaged model `name`, converted on first use; raises PackageMissing / ValueError."""
-    from inference.models import build_once, cache_dir
-
     model = PACKAGED[name]
     target = (root or cache_dir() / "models") / f"{name}-{model.gguf_sha256[:12]}-{CONVERSION_VERSION}"
     if (target / "config.json").is_file():
