@@ -11,8 +11,10 @@ to 26k tokens with heavy-tailed lengths, a 305 s evaluation timeout; the rest is
 - Output length: lognormal, median 7,000 tokens, sigma 0.8, cut at max_tokens = 26,000; ~5% hit the cap and are
   'truncated' (recorded without verification, as the loop does).
 - Decoding: 20 tokens/s per sequence with every sequence of the step in one batch (an 8B model on one H100,
-  ~1,300 tokens/s aggregate); a group's request returns when its longest sequence ends (the Tinker-shaped API
-  returns a group at once), so a step samples for max length / 20 s (26k tokens: 1,300 s).
+  ~1,300 tokens/s aggregate), so a step samples for max length / 20 s (26k tokens: 1,300 s). A request returns
+  when its longest sequence ends: sync asks for each group at once (the paper's order), so a group's answers
+  wait for its straggler; stream and async ask for each sequence on its own (seed s + k: the same samples),
+  so each answer goes to the verifier when it ends.
 - Verification: 8 CPU slots (one evaluation each). Evaluation time: 20% of programs run into the 305 s timeout
   (CP26's limit), the rest lognormal, median 30 s, sigma 1.0, capped at 305 s.
 - Learner (a separate device, as on Tinker or the slurm layouts): forward_backward + optim_step 1.5 s per
@@ -20,9 +22,10 @@ to 26k tokens with heavy-tailed lengths, a 305 s evaluation timeout; the rest is
 - Time scale: 1 simulated second = 1/`scale` s of wall time (default 800: a 26k-token step samples for 1.6 s).
   The loop's own overhead (PUCT, datums, checkpoints: real) is not scaled.
 Per step the trace also gives the lower bound max(sample, verify, train), with sample = the step's longest
-group, verify = max(evaluation seconds / slots, longest evaluation), train = learner + swap; stream cannot beat
-max(sample, verify) + train (it trains after the last evaluation). Step 0 of async has nothing prefetched, so
-every mean is over steps 1.. (steady state).
+sequence, verify = max(evaluation seconds / slots, longest evaluation), train = learner + swap. stream trains
+after its last evaluation, so it cannot beat its floor: the end of the last evaluation when every answer starts
+verifying the moment its sequence ends (first come, first served on the slots), plus train. Step 0 of async has
+nothing prefetched, so every mean is over steps 1.. (steady state).
 """
 
 from __future__ import annotations
@@ -62,8 +65,11 @@ class Trace:
     fixed_sample_s: float | None = None  # every group takes this long (the comparison with the real run)
 
     def lengths(self, seed: int, k: int) -> np.ndarray:
-        rng = np.random.default_rng(seed)
-        return np.minimum(rng.lognormal(np.log(self.median_tokens), self.sigma_tokens, k), self.max_tokens).astype(int)
+        """The lengths of a request's k sequences: sequence i is fixed by its own seed, seed + i (vLLM's rule for
+        n > 1), so a group request and its k single requests sample the same."""
+        return np.array([min(int(np.random.default_rng(seed + i).lognormal(np.log(self.median_tokens),
+                                                                           self.sigma_tokens)), self.max_tokens)
+                         for i in range(k)])
 
 
 def eval_seconds(text: str, trace: Trace) -> float:
@@ -106,6 +112,10 @@ class TraceEnv(Env):
 
 # ---- the simulated Tinker-shaped clients ----------------------------------------------------------------------
 
+def _digits(sequence_seed: int) -> str:
+    return "".join(str(d) for d in np.random.default_rng([sequence_seed, 1]).integers(0, 10, 12))
+
+
 def _later(seconds: float, value) -> Future:
     future: Future = Future()
     threading.Timer(seconds, future.set_result, (value,)).start()
@@ -113,7 +123,8 @@ def _later(seconds: float, value) -> Future:
 
 
 class TraceSampling:
-    """A sampling client: a group returns when its longest sequence would have been decoded."""
+    """A sampling client: a request returns when its longest sequence would have been decoded (a group request
+    when the group's longest ends; stream and async ask for each sequence on its own)."""
 
     def __init__(self, trace: Trace, tokenizer):
         self.trace, self.tokenizer = trace, tokenizer
@@ -123,7 +134,7 @@ class TraceSampling:
         lengths = self.trace.lengths(seed, num_samples)
         sequences = []
         for k, n in enumerate(lengths):
-            digits = "".join(str(d) for d in np.random.default_rng([seed, k]).integers(0, 10, 12))
+            digits = _digits(seed + k)
             tokens = self.tokenizer.encode(digits, add_special_tokens=False)
             sequences.append(types.SampledSequence(
                 stop_reason="length" if n >= self.trace.max_tokens else "stop", sequence_id=f"{seed}:{k}",
@@ -201,15 +212,16 @@ def _config(out: Path, pipeline: str, steps: int, trace: Trace, **kw):
 
 def run_mode(out: Path, pipeline: str, steps: int, trace: Trace, service=None, engine=None, **kw) -> list[dict]:
     """The real loop; the verifier pool gets `trace.slots` slots, as a verifier node would."""
-    import trainer.loop as loop
+    import trainer.run_setup as run_setup
     from envs.pool import VerifierPool
+    from trainer.loop import run
 
-    loop.VerifierPool = functools.partial(VerifierPool, num_cpus=trace.slots)
+    run_setup.VerifierPool = functools.partial(VerifierPool, num_cpus=trace.slots)
     try:
-        return loop.run(_config(out / pipeline, pipeline, steps, trace, **kw), service=service, sampler=engine,
-                        log=lambda *_: None)
+        return run(_config(out / pipeline, pipeline, steps, trace, **kw), service=service, sampler=engine,
+                   log=lambda *_: None)
     finally:
-        loop.VerifierPool = VerifierPool
+        run_setup.VerifierPool = VerifierPool
 
 
 def bounds(trace: Trace, steps: int, tokenizer) -> dict:
@@ -218,22 +230,36 @@ def bounds(trace: Trace, steps: int, tokenizer) -> dict:
 
     rows = []
     for step in range(steps):
-        sample, work, longest = 0.0, 0.0, 0.0
+        finished = []  # (seconds until the sequence ends, its evaluation's seconds or None when truncated)
         for g in range(8):
             seed = group_seed(0, step, g)
-            lengths = trace.lengths(seed, 8)
-            sample = max(sample, lengths.max() / trace.tok_s)
-            for k, n in enumerate(lengths):
-                if n < trace.max_tokens:
-                    digits = "".join(str(d) for d in np.random.default_rng([seed, k]).integers(0, 10, 12))
-                    text = tokenizer.decode(tokenizer.encode(digits, add_special_tokens=False))
-                    seconds = eval_seconds(text, trace)
-                    work, longest = work + seconds, max(longest, seconds)
-        verify = max(work / trace.slots, longest)
+            for k, n in enumerate(trace.lengths(seed, 8)):
+                text = tokenizer.decode(tokenizer.encode(_digits(seed + k), add_special_tokens=False))
+                finished.append((n / trace.tok_s, eval_seconds(text, trace) if n < trace.max_tokens else None))
+        sample = max(t for t, _ in finished)
+        evals = [e for _, e in finished if e is not None]
+        verify = max(sum(evals) / trace.slots, max(evals))
         train = trace.train_s_per_rollout * 64 + trace.swap_s
         rows.append({"sample": sample, "verify": verify, "train": train, "bound": max(sample, verify, train),
-                     "stream_bound": max(sample, verify) + train})
+                     "sync_floor": sample + _streamed([(0.0, e) for _, e in finished], trace.slots) + train,
+                     "stream_floor": _streamed(finished, trace.slots) + train})
     return {k: float(np.mean([r[k] for r in rows[1:]])) for k in rows[0]}
+
+
+def _streamed(finished: list[tuple[float, float | None]], slots: int) -> float:
+    """When the last evaluation ends if each answer starts verifying the moment its sequence ends (first come,
+    first served on `slots` slots): the least a step that trains after its last evaluation can wait."""
+    import heapq
+
+    free = [0.0] * slots
+    end = 0.0
+    for t, seconds in sorted(finished, key=lambda f: f[0]):
+        end = max(end, t)
+        if seconds is not None:
+            start = max(t, heapq.heappop(free))
+            heapq.heappush(free, start + seconds)
+            end = max(end, start + seconds)
+    return end
 
 
 def steady(records: list[dict]) -> float:
@@ -258,15 +284,19 @@ def main() -> None:
     print(f"CP26 trace, {args.steps} steps of 8 x 8, 1 s simulated = 1/{args.scale:g} s; means over steps 1..; "
           f"simulated minutes per step")
     print(f"  per step from the trace: sample {b['sample'] / 60:.1f}, verify {b['verify'] / 60:.1f}, train "
-          f"{b['train'] / 60:.1f}; bound max(...) {b['bound'] / 60:.1f}, stream bound {b['stream_bound'] / 60:.1f}")
+          f"{b['train'] / 60:.1f}; bound max(...) {b['bound'] / 60:.1f}; stream floor {b['stream_floor'] / 60:.1f} "
+          "(the last evaluation's end with every answer verified the moment it ends, + train)")
     sim = {}
     for pipeline in ("sync", "stream", "async"):
         records = run_mode(out / "sim", pipeline, args.steps, trace, service=TraceService(trace, tokenizer))
         sim[pipeline] = steady(records) * args.scale
-    print("| pipeline | step (sim. min) | vs sync | bound max(sample, verify, train) | step / bound |")
-    print("|---|---|---|---|---|")
+    floors = {"sync": b["sync_floor"], "stream": b["stream_floor"], "async": b["bound"]}
+    print("| pipeline | step (sim. min) | vs sync | bound max(sample, verify, train) | step / bound | "
+          "the mode's floor | step / floor |")
+    print("|---|---|---|---|---|---|---|")
     for pipeline, t in sim.items():
-        print(f"| {pipeline} | {t / 60:.1f} | {sim['sync'] / t:.2f}x | {b['bound'] / 60:.1f} | {t / b['bound']:.2f} |")
+        print(f"| {pipeline} | {t / 60:.1f} | {sim['sync'] / t:.2f}x | {b['bound'] / 60:.1f} | {t / b['bound']:.2f} "
+              f"| {floors[pipeline] / 60:.1f} | {t / floors[pipeline]:.2f} |")
     result = {"trace": trace.__dict__, "bounds_s": b, "sim_step_s": sim}
     if not args.skip_real:
         result["real"] = real_run(out / "real", args.steps, tokenizer)

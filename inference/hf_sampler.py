@@ -1,7 +1,9 @@
 """An HF/PEFT sampler with the VLLMSampler interface, for machines without vLLM (e.g. GPU boxes here).
 
-All prompts of a call decode together in one left-padded batch; each prompt keeps its own seeded generator, so
-a prompt's samples do not depend on what else is in the batch (up to float rounding of the batched matmuls).
+All prompts of a call decode together in one left-padded batch. Each row has its own generator, and sample k
+of a prompt with seed s draws from seed s + k (vLLM's rule for a request with n > 1), so a seeded group of K is
+the same as K single requests with seeds s..s+K-1, and a row's samples do not depend on what else is in the
+batch (up to float rounding of the batched matmuls). Identical prompts in one call are encoded once.
 Logprobs are the processed ones: log_softmax of the logits after temperature / top-k / top-p, renormalised
 over the kept tokens, which is what the sampling distribution was (so importance ratios are right).
 
@@ -13,7 +15,7 @@ base model (the KL reference, frozen runs).
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -93,23 +95,25 @@ class HFSampler:
             logits_V = logits_V.masked_fill(drop_V, float("-inf"))
         return torch.log_softmax(logits_V, -1)
 
-    def _generators(self, seeds_P: Sequence[int | None]) -> list[torch.Generator]:
+    def _generators(self, seeds_P: Sequence[int | None], n: int) -> list[torch.Generator]:
+        """One generator per row: sample k of a prompt seeded s uses seed s + k (vLLM's child-request rule)."""
         gens = []
         for seed in seeds_P:
-            gen = torch.Generator(device=self.device)
-            if seed is not None:
-                gen.manual_seed(seed)
-            else:
-                gen.seed()  # unseeded request: random, without reseeding torch's global generator
-            gens.append(gen)
+            for k in range(n):
+                gen = torch.Generator(device=self.device)
+                if seed is not None:
+                    gen.manual_seed(seed + k)
+                else:
+                    gen.seed()  # unseeded request: random, without reseeding torch's global generator
+                gens.append(gen)
         return gens
 
     @staticmethod
-    def _draw(logp_BV: torch.Tensor, gens: list[torch.Generator], n: int) -> torch.Tensor:
-        """Inverse-CDF sampling, rows p*n..(p+1)*n-1 with generator p (one uniform per row per token;
-        torch.multinomial costs ~1 ms per call on CPU, most of a small model's decode step)."""
+    def _draw(logp_BV: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
+        """Inverse-CDF sampling, row b with generator b (one uniform per row per token; torch.multinomial
+        costs ~1 ms per call on CPU, most of a small model's decode step)."""
         cdf_BV = logp_BV.double().exp().cumsum(-1)
-        u_B = torch.cat([torch.rand(n, generator=gen, dtype=torch.float64, device=gen.device) for gen in gens])
+        u_B = torch.cat([torch.rand(1, generator=gen, dtype=torch.float64, device=gen.device) for gen in gens])
         picked_B = torch.searchsorted(cdf_BV, (u_B * cdf_BV[:, -1])[:, None], right=True)[:, 0]
         return picked_B.clamp(max=logp_BV.shape[-1] - 1)
 
@@ -121,37 +125,45 @@ class HFSampler:
 
     @torch.no_grad()
     def sample(self, prompts_P: Sequence[Sequence[int]], num_samples: int, params: SamplingParams,
-               seeds_P: Sequence[int | None] | None = None, version="current") -> list[list[SampledSequence]]:
+               seeds_P: Sequence[int | None] | None = None, version="current",
+               on_result: Callable[[int, list[SampledSequence]], None] | None = None) -> list[list[SampledSequence]]:
+        """`on_result(p, sequences)` is called the moment prompt p's samples have all ended, before the rest of
+        the batch (its rows keep decoding): a caller can verify an answer while longer ones still decode."""
         params.check(prompts_P, self.max_model_len)
         version, model = self._model_for(version)
         P, n = len(prompts_P), num_samples
-        gens = self._generators(list(seeds_P) if seeds_P is not None else [params.seed] * P)
+        gens = self._generators(list(seeds_P) if seeds_P is not None else [params.seed] * P, n)
         stop_ids = torch.tensor(sorted(set(params.stop_token_ids) or {self.eos_id}), device=self.device)
         stop_strs = params.stop_strings
 
-        # prefill: one left-padded row per prompt; positions count real tokens only. Its KV cache and last
-        # logits are then repeated for the prompt's n samples, so a prompt is encoded once, not n times.
-        width = max(len(p) for p in prompts_P)
-        ids_PL = torch.full((P, width), self.pad_id, dtype=torch.long, device=self.device)
-        mask_PL = torch.zeros((P, width), dtype=torch.long, device=self.device)
-        for p, prompt in enumerate(prompts_P):
-            ids_PL[p, width - len(prompt):] = torch.tensor(list(prompt), device=self.device)
-            mask_PL[p, width - len(prompt):] = 1
-        positions_PL = (mask_PL.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids_PL, attention_mask=mask_PL, position_ids=positions_PL, use_cache=True)
+        # prefill: one left-padded row per distinct prompt; positions count real tokens only. Its KV cache and
+        # last logits are then copied to each of the prompt's rows, so a prompt is encoded once, not n times
+        # (nor once per request when a client sends a group as K single requests).
+        distinct: dict[tuple[int, ...], int] = {}
+        row_of_P = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts_P]
+        width = max(len(p) for p in distinct)
+        ids_UL = torch.full((len(distinct), width), self.pad_id, dtype=torch.long, device=self.device)
+        mask_UL = torch.zeros((len(distinct), width), dtype=torch.long, device=self.device)
+        for u, prompt in enumerate(distinct):
+            ids_UL[u, width - len(prompt):] = torch.tensor(list(prompt), device=self.device)
+            mask_UL[u, width - len(prompt):] = 1
+        positions_UL = (mask_UL.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids_UL, attention_mask=mask_UL, position_ids=positions_UL, use_cache=True)
+        rows_B = torch.tensor([u for u in row_of_P for _ in range(n)], device=self.device)
         past = out.past_key_values
-        past.batch_repeat_interleave(n)
-        logits_BV = out.logits[:, -1].repeat_interleave(n, dim=0)
-        mask_BL = mask_PL.repeat_interleave(n, dim=0)
-        position_B1 = positions_PL[:, -1:].repeat_interleave(n, dim=0)
+        past.reorder_cache(rows_B)
+        logits_BV = out.logits[:, -1][rows_B]
+        mask_BL = mask_UL[rows_B]
+        position_B1 = positions_UL[:, -1:][rows_B]
 
         tokens_BT, logprobs_BT = [], []
         done_B = torch.zeros(P * n, dtype=torch.bool, device=self.device)
         length_B = torch.full((P * n,), params.max_tokens, dtype=torch.long, device=self.device)
         texts: dict[int, str] = {}  # row -> text cut at a stop string
+        reported: set[int] = set()  # prompts already handed to on_result
         for t in range(params.max_tokens):
             logp_BV = self._processed_logprobs(logits_BV, params)
-            next_B = self._draw(logp_BV, gens, n)
+            next_B = self._draw(logp_BV, gens)
             next_B = torch.where(done_B, self.pad_id, next_B)
             tokens_BT.append(next_B)
             logprobs_BT.append(logp_BV.gather(-1, next_B[:, None])[:, 0])
@@ -166,26 +178,40 @@ class HFSampler:
             done_B |= finished_B
             if bool(done_B.all()) or t + 1 == params.max_tokens:
                 break
+            if on_result is not None and bool(finished_B.any()):
+                for p in self._newly_done(done_B, finished_B, n):
+                    reported.add(p)
+                    on_result(p, self._group(p, n, tokens_BT, logprobs_BT, done_B, length_B, texts, version))
             mask_BL = torch.cat([mask_BL, torch.ones_like(mask_BL[:, :1])], dim=1)
             position_B1 = position_B1 + 1
             out = model(input_ids=next_B[:, None], attention_mask=mask_BL, position_ids=position_B1,
                         past_key_values=past, use_cache=True)
             past, logits_BV = out.past_key_values, out.logits[:, -1]
 
-        tokens = torch.stack(tokens_BT, 1).tolist()
-        logprobs = torch.stack(logprobs_BT, 1).tolist()
-        stopped_B, lengths = done_B.tolist(), length_B.tolist()
-        results = []
+        results = [self._group(p, n, tokens_BT, logprobs_BT, done_B, length_B, texts, version) for p in range(P)]
         for p in range(P):
-            group = []
-            for b in range(p * n, (p + 1) * n):
-                k = lengths[b]
-                group.append(SampledSequence(
-                    tokens=tokens[b][:k], logprobs=logprobs[b][:k], adapter_version=version,
-                    stop_reason="stop" if stopped_B[b] else "length",
-                    text=texts.get(b, self.tokenizer.decode(tokens[b][:k], skip_special_tokens=True))))
-            results.append(group)
+            if on_result is not None and p not in reported:
+                on_result(p, results[p])
         return results
+
+    @staticmethod
+    def _newly_done(done_B: torch.Tensor, finished_B: torch.Tensor, n: int) -> list[int]:
+        """Prompts whose last running row ended at this token."""
+        done_PN, finished_PN = done_B.view(-1, n), finished_B.view(-1, n)
+        return (done_PN.all(-1) & finished_PN.any(-1)).nonzero()[:, 0].tolist()
+
+    def _group(self, p: int, n: int, tokens_BT: list, logprobs_BT: list, done_B, length_B, texts: dict,
+               version) -> list[SampledSequence]:
+        rows = slice(p * n, (p + 1) * n)
+        tokens = torch.stack([x[rows] for x in tokens_BT], 1).tolist()
+        logprobs = torch.stack([x[rows] for x in logprobs_BT], 1).tolist()
+        group = []
+        for i, (stopped, k) in enumerate(zip(done_B[rows].tolist(), length_B[rows].tolist())):
+            group.append(SampledSequence(
+                tokens=tokens[i][:k], logprobs=logprobs[i][:k], adapter_version=version,
+                stop_reason="stop" if stopped else "length",
+                text=texts.get(p * n + i, self.tokenizer.decode(tokens[i][:k], skip_special_tokens=True))))
+        return group
 
     @torch.no_grad()
     def compute_logprobs(self, tokens_T: Sequence[int], version="current") -> list[float | None]:

@@ -8,8 +8,8 @@ current adapter again) once per request; one we don't own gives a clear error. E
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Callable, Sequence
 
 import requests
 
@@ -95,7 +95,9 @@ class ServerSampler:
 
     # -- sampling -----------------------------------------------------------------------------------
     def sample(self, prompts_P: Sequence[Sequence[int]], num_samples: int, params: SamplingParams,
-               seeds_P: Sequence[int | None] | None = None, version="current") -> list[list[SampledSequence]]:
+               seeds_P: Sequence[int | None] | None = None, version="current",
+               on_result: Callable[[int, list[SampledSequence]], None] | None = None) -> list[list[SampledSequence]]:
+        """One HTTP request per prompt, all in flight at once; `on_result(p, sequences)` as each returns."""
         params.check(prompts_P, self.max_model_len)
         model = self._model_name(version)
         served_version = self.version if version == "current" else version
@@ -115,7 +117,14 @@ class ServerSampler:
                 stop_reason="length" if c["finish_reason"] == "length" else "stop",
                 adapter_version=served_version, text=c["text"]) for c in choices]
 
-        return list(self._pool.map(one, range(len(prompts_P))))
+        futures = {self._pool.submit(one, p): p for p in range(len(prompts_P))}
+        groups: list = [None] * len(prompts_P)
+        for future in as_completed(futures):
+            p = futures[future]
+            groups[p] = future.result()
+            if on_result is not None:
+                on_result(p, groups[p])
+        return groups
 
     def compute_logprobs(self, tokens_T: Sequence[int], version="current") -> list[float | None]:
         body = {"model": self._model_name(version), "prompt": list(tokens_T), "max_tokens": 1,

@@ -6,7 +6,7 @@ the previous version is removed once the new one is resident. Every sample carri
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from inference.types import SampledSequence, SamplingParams
 
@@ -59,8 +59,11 @@ class VLLMSampler:
 
     def sample(self, prompts_P: Sequence[Sequence[int]], num_samples: int, params: SamplingParams,
                seeds_P: Sequence[int | None] | None = None, version: int | None | str = "current",
+               on_result: Callable[[int, list[SampledSequence]], None] | None = None,
                ) -> list[list[SampledSequence]]:
-        """num_samples completions for each prompt, drawn with `version` (default: the newest)."""
+        """num_samples completions for each prompt, drawn with `version` (default: the newest).
+        `on_result(p, sequences)` is called the moment prompt p's samples have all ended, while the engine
+        goes on decoding the rest (so a caller can verify an answer while longer ones still decode)."""
         from vllm import SamplingParams as VParams
         from vllm.inputs import TokensPrompt
 
@@ -72,13 +75,33 @@ class VLLMSampler:
                            top_k=params.top_k if params.top_k > 0 else 0, max_tokens=params.max_tokens,
                            seed=seed, logprobs=0, stop=stop_strs, stop_token_ids=stop_ids)
                    for seed in seeds_P]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts_P], vparams,
-                                 lora_request=self._lora(version), use_tqdm=False)
-        return [[SampledSequence(tokens=list(c.token_ids),
-                                 logprobs=[lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)],
-                                 stop_reason="length" if c.finish_reason == "length" else "stop",
-                                 adapter_version=version, text=c.text)
-                 for c in out.outputs] for out in outs]
+        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts_P]
+
+        def group(out) -> list[SampledSequence]:
+            return [SampledSequence(tokens=list(c.token_ids),
+                                    logprobs=[lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)],
+                                    stop_reason="length" if c.finish_reason == "length" else "stop",
+                                    adapter_version=version, text=c.text) for c in out.outputs]
+
+        # LLM.generate's own loop (enqueue, then step the engine), reporting each request as it finishes. Its
+        # outputs carry LLM's request ids, consecutive from its counter: the pool serialises engine calls.
+        first = getattr(getattr(self.llm, "request_counter", None), "counter", None)
+        if on_result is None or first is None or not hasattr(self.llm, "enqueue"):  # enqueue: vLLM >= 0.1x
+            groups = [group(out) for out in self.llm.generate(prompts, vparams, lora_request=self._lora(version),
+                                                              use_tqdm=False)]
+            for p, seqs in enumerate(groups if on_result is not None else []):
+                on_result(p, seqs)
+            return groups
+        self.llm.enqueue(prompts, vparams, lora_request=self._lora(version), use_tqdm=False)
+        groups: list = [None] * len(prompts)
+        engine = self.llm.llm_engine
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    p = int(out.request_id) - first
+                    groups[p] = group(out)
+                    on_result(p, groups[p])
+        return groups
 
     def compute_logprobs(self, tokens_T: Sequence[int], version: int | None | str = "current") -> list[float | None]:
         """log p(token_t | tokens_<t) under `version`; entry 0 is None."""

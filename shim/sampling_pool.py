@@ -4,11 +4,14 @@ retire older versions and vLLM caches adapters by id). Requests are serialised b
 
 Concurrent sample requests for the same target with the same parameters (seeds aside) are coalesced into one
 engine call, as a client that sends G groups at once (the TTT loop, tinker-cookbook) would want: vLLM then
-batches all G x K sequences instead of running G calls one after another. Each request keeps its own seed.
+batches all G x K sequences instead of running G calls one after another. Each request keeps its own seed,
+and each gets its answer the moment its own sequences end (samplers that report per prompt: ours do), not
+when the engine call's longest sequence does: pipeline=stream verifies an answer while longer ones decode.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -19,6 +22,7 @@ from inference.types import SampledSequence, SamplingParams
 
 SETTLE_S = 0.005  # a quiet gap this long ends the wait for more requests to join a batch
 SETTLE_MAX_S = 0.05
+POLL_S = 0.002  # a waiting request checks this often whether the engine is free for it to lead a batch
 
 
 @dataclass
@@ -53,6 +57,7 @@ class _Request:
 class SamplingPool:
     def __init__(self, sampler):
         self.sampler = sampler
+        self._streams = "on_result" in inspect.signature(sampler.sample).parameters
         self.max_model_len = getattr(sampler, "max_model_len", None)
         self._lock = threading.Lock()  # the engine
         self._queued: list[_Request] = []
@@ -94,10 +99,18 @@ class SamplingPool:
         request = _Request(target, list(prompt), num_samples, params)
         with self._queue_lock:
             self._queued.append(request)
-        with self._lock:
-            if not request.done.is_set():  # nobody took it into their batch: lead one
+        # wait for the answer, or for the engine to come free with nobody having taken this request: then lead
+        # a batch, run on its own thread, which frees the engine when the call ends. Nobody blocks on the
+        # engine: a request in a running batch is answered when its own sequences end, the leader's too.
+        while not request.done.is_set():
+            if not self._lock.acquire(blocking=False):
+                request.done.wait(POLL_S)
+            elif request.done.is_set():
+                self._lock.release()
+            else:
                 self._settle()
-                self._run(self._take_batch(request))
+                threading.Thread(target=self._run, args=(self._take_batch(request),), kwargs={"release": True},
+                                 daemon=True, name="sampling-engine").start()
         if request.error is not None:
             raise request.error
         return request.result, None
@@ -122,23 +135,33 @@ class SamplingPool:
             self._queued = [r for r in self._queued if r not in batch]
         return batch
 
-    def _run(self, batch: list[_Request]) -> None:
+    def _run(self, batch: list[_Request], release: bool = False) -> None:
+        """One engine call for `batch`; `release`: the caller acquired the engine lock for it."""
         leader = batch[0]
         try:
             version = self._activate(leader.target)
             self.engine_calls += 1
+            stream = {"on_result": lambda p, seqs: _deliver(batch[p], seqs)} if self._streams else {}
             groups = self.sampler.sample([r.prompt for r in batch], leader.num_samples, leader.params,
-                                         [r.params.seed for r in batch], version=version)
+                                         [r.params.seed for r in batch], version=version, **stream)
             for r, seqs in zip(batch, groups):
                 r.result = seqs
-        except BaseException as e:  # every request of the batch gets the engine's error
+        except BaseException as e:  # every request of the batch not yet answered gets the engine's error
             for r in batch:
-                r.error = e
+                if not r.done.is_set():
+                    r.error = e
         finally:
             for r in batch:
                 r.done.set()
+            if release:  # after the answers: a thread that finds the engine free finds its own request done
+                self._lock.release()
 
     def compute_logprobs(self, target: SamplingTarget, tokens: Sequence[int]) -> list[float | None]:
         with self._lock:
             version = self._activate(target)
             return self.sampler.compute_logprobs(list(tokens), version=version)
+
+
+def _deliver(request: _Request, seqs: list[SampledSequence]) -> None:
+    request.result = seqs
+    request.done.set()

@@ -1,5 +1,5 @@
 """The HF sampler: merged adapters equal PEFT's own LoRA layers, the base model never changes, one seeded
-generator per prompt, inverse-CDF draws follow the distribution, stop strings."""
+generator per row (sample k of seed s draws from seed s + k, as vLLM), inverse-CDF draws follow the distribution, stop strings."""
 
 import json
 
@@ -90,18 +90,61 @@ def test_a_prompts_samples_do_not_depend_on_the_rest_of_the_batch(sampler):
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=logprob_tol(b.logprobs), rtol=0)
 
 
+def test_a_seeded_group_is_the_same_as_single_requests_seeded_s_plus_k(sampler):
+    """vLLM's rule for n > 1 (child k of seed s gets seed s + k), so pipeline=stream can ask for a group's
+    sequences one by one and sample the same tokens as pipeline=sync's group requests."""
+    params = SamplingParams(max_tokens=10, temperature=1.0)
+    group = sampler.sample([PROMPT, PROMPT[:4]], 3, params, [40, 90], version=None)
+    singles = sampler.sample([PROMPT] * 3 + [PROMPT[:4]] * 3, 1, params, [40, 41, 42, 90, 91, 92], version=None)
+    assert [[s.tokens for s in g] for g in group] == [[s[0].tokens for s in singles[:3]],
+                                                     [s[0].tokens for s in singles[3:]]]
+    assert len({tuple(s.tokens) for s in group[0]}) > 1  # the rows of a group differ
+    for a, b in zip([s for g in group for s in g], [s[0] for s in singles]):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=logprob_tol(b.logprobs), rtol=0)
+
+
+def test_each_prompt_is_reported_the_moment_its_samples_end(sampler):
+    """on_result(p, ...) comes at the token where prompt p's last row ends, before longer prompts finish,
+    and reports what the call returns."""
+    params = SamplingParams(max_tokens=30, temperature=1.0, stop=list(range(40, 400)))
+    prompts = [PROMPT[:k] + [9] for k in range(2, 6)] * 2
+    reported = []
+    results = sampler.sample(prompts, 2, params, list(range(30, 38)), version=None,
+                             on_result=lambda p, seqs: reported.append((p, seqs)))
+    assert sorted(p for p, _ in reported) == list(range(len(prompts)))  # each prompt once
+    for p, seqs in reported:
+        assert [s.tokens for s in seqs] == [s.tokens for s in results[p]]
+    longest = [max(len(s.tokens) for s in seqs) for _, seqs in reported]
+    assert longest == sorted(longest) and longest[0] < longest[-1]  # shortest first, and lengths do differ
+
+
+def test_identical_prompts_are_encoded_once(sampler, monkeypatch):
+    widths = []
+    forward = type(sampler.base).forward
+
+    def counting(self, *args, input_ids=None, **kw):
+        widths.append(tuple(input_ids.shape))
+        return forward(self, *args, input_ids=input_ids, **kw)
+
+    monkeypatch.setattr(type(sampler.base), "forward", counting)
+    sampler.sample([PROMPT, PROMPT, PROMPT[:4], PROMPT], 1, SamplingParams(max_tokens=3, temperature=1.0),
+                   [1, 2, 3, 4], version=None)
+    assert widths[0] == (2, len(PROMPT))  # the prefill: two distinct prompts
+    assert all(w == (4, 1) for w in widths[1:])  # then one token per row of the 4 requests
+
+
 def test_inverse_cdf_draws_follow_the_distribution():
     probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05])
-    logp = torch.log(probs).repeat(4000, 1)  # 4 groups x 1000 rows, one generator each
-    gens = [torch.Generator().manual_seed(s) for s in range(4)]
-    drawn = HFSampler._draw(logp, gens, 1000)
+    logp = torch.log(probs).repeat(4000, 1)  # 4000 rows, one generator each
+    gens = [torch.Generator().manual_seed(s) for s in range(4000)]
+    drawn = HFSampler._draw(logp, gens)
     counts = np.bincount(drawn.numpy(), minlength=5)
     assert counts[1] == 0  # never a zero-probability token
     expected = probs.numpy() * 4000
     keep = expected > 0
     chi2 = float((((counts - expected)[keep]) ** 2 / expected[keep]).sum())
     assert chi2 < 16.3  # chi-square, 3 degrees of freedom, p = 0.001
-    again = HFSampler._draw(logp, [torch.Generator().manual_seed(s) for s in range(4)], 1000)
+    again = HFSampler._draw(logp, [torch.Generator().manual_seed(s) for s in range(4000)])
     assert torch.equal(drawn, again)
 
 

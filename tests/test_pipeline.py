@@ -19,6 +19,7 @@ from tests.test_resume import _finish, _lines, _same_run, _train, _wait_for
 from trainer.config import compose
 from trainer.loop import run
 from trainer.report import read_jsonl
+from trainer.rollouts import group_seed
 
 ARGS = ["+experiment=demo", "steps=3", "groups=2", "group_size=4", "max_tokens=8", "seed=3", "sampler=hf",
         "verifier_backend=local", "wandb_mode=disabled", "env.verify_delay_s=0.05", "progress=false"]
@@ -27,6 +28,18 @@ QUIET = {"log": lambda *_: None}
 
 def _run(out, *overrides):
     return run(compose([*ARGS, f"out={out}", *overrides]), **QUIET)
+
+
+def test_group_seeds_leave_room_for_each_sequence():
+    """Sequence k of a group samples with group seed + k (vLLM's rule), so no two groups of a run may have
+    seed ranges that overlap: that would give two groups of the same parent the same sample."""
+    K = 256  # the largest group_size the config accepts
+    for seed in range(3):
+        seeds = sorted(group_seed(seed, step, g) for step in range(0, 16_000, 7) for g in range(0, 512, 3))
+        assert all(b - a >= K for a, b in zip(seeds, seeds[1:]))
+        assert seeds[-1] + 7919 * (K + 1) < 2**31  # the final phase's seeds stay in int32
+    with pytest.raises(ValueError, match="at most 512 groups"):
+        group_seed(0, 0, 512)
 
 
 @pytest.mark.parametrize("two_phase", [False, True], ids=["one_phase", "two_phase"])

@@ -90,6 +90,32 @@ def test_swapping_adapters_changes_samples_and_seeds_reproduce(vllm_sampler, ada
     assert swapped != first and base != first and base != swapped
 
 
+def test_a_seeded_group_is_the_same_as_single_requests_seeded_s_plus_k(vllm_sampler, prompt):
+    """vLLM gives child k of a seeded n > 1 request the seed s + k; the HF sampler follows the same rule, and
+    pipeline=stream relies on it to ask for a group's sequences one by one (tests/test_hf_sampler.py)."""
+    params = SamplingParams(max_tokens=16, temperature=1.0)
+    group = [s.tokens for s in vllm_sampler.sample([prompt], 4, params, [500], version=None)[0]]
+    singles = [g[0].tokens for g in vllm_sampler.sample([prompt] * 4, 1, params, [500, 501, 502, 503],
+                                                        version=None)]
+    assert group == singles and len({tuple(t) for t in group}) > 1
+
+
+def test_each_prompt_is_reported_the_moment_its_samples_end(vllm_sampler, prompt):
+    """on_result drives the engine step by step (LLM.enqueue + step, as LLM.generate does) and reports a
+    request when it finishes: the same samples as generate, shortest first."""
+    params = SamplingParams(max_tokens=24, temperature=1.0, stop=list(range(40, 400)))
+    prompts = [prompt[:-k] for k in range(1, 7)]
+    seeds = list(range(70, 76))
+    whole = vllm_sampler.sample(prompts, 2, params, seeds, version=None)
+    reported = []
+    streamed = vllm_sampler.sample(prompts, 2, params, seeds, version=None,
+                                   on_result=lambda p, seqs: reported.append((p, seqs)))
+    assert [[s.tokens for s in g] for g in streamed] == [[s.tokens for s in g] for g in whole]
+    assert sorted(p for p, _ in reported) == list(range(len(prompts)))
+    longest = [max(len(s.tokens) for s in seqs) for _, seqs in reported]
+    assert longest == sorted(longest) and longest[0] < longest[-1]
+
+
 def test_prompt_logprobs_equal_learner(vllm_sampler, adapters, prompt):
     learner, path = adapters[1]
     vllm_sampler.load_adapter(1, path)

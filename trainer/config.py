@@ -127,6 +127,11 @@ class TrainConfig:
             raise ValueError(f"max_steps_off_policy must be 0 or 1, got {self.max_steps_off_policy}: pipeline=async "
                              "samples at most one step ahead (a deeper prefetch would pick its states from the "
                              "same buffer twice); 0 makes async behave as stream")
+        biggest = max(self.groups, self.max_groups if self.adaptive_batch else 0)
+        if not (1 <= biggest <= 512 and 1 <= self.group_size <= 256):
+            raise ValueError(f"groups (and max_groups) must be in 1..512 and group_size in 1..256, got groups "
+                             f"{biggest}, group_size {self.group_size}: each group's samples get a block of 256 "
+                             "seeds (trainer/rollouts.py group_seed)")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.kl_coef < 0:

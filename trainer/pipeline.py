@@ -2,9 +2,12 @@
 module runs its rollouts from sampling to the last evaluation.
 
     sync    sample all G x K, then verify them all: the paper's order, kept for exact reproduction.
-    stream  each group goes to the verifier pool the moment it is sampled (both phases of two-phase sampling
-            done), so verification overlaps sampling and the step trains as soon as its last evaluation ends.
-            The same requests, seeds and rewards as sync: the same run.
+    stream  each sequence is its own request and goes to the verifier pool the moment it ends (both phases of
+            two-phase sampling done), so verification overlaps sampling and the step trains as soon as its
+            last evaluation ends. A group's sequence k is asked for with the seed group seed + k, which is
+            what the group request of sync samples on our backends (vLLM's rule for n > 1, followed by our HF
+            sampler; the sampling pool batches the single requests and encodes a prompt once): the same
+            tokens, rewards and run as sync.
     async   as stream, and the next step's batch starts sampling as soon as this step's sampling ends, while
             this step verifies and trains. Its rollouts come from the adapter one version behind the one they
             are trained at (staleness 1); the importance-sampling loss divides by the sampler's logprobs, so it
@@ -31,7 +34,7 @@ from tinker import types
 from envs.base import VerifyResult
 from trainer import metrics as M
 from trainer.checkpoint import RolloutLog
-from trainer.rollouts import Rollout, group_seed, render_prompt, sample_group, sample_groups, unverifiable
+from trainer.rollouts import Rollout, group_seed, render_prompt, sample_groups, sample_sequence, unverifiable
 from trainer.state_sampler import Node
 
 
@@ -129,55 +132,54 @@ class Batch:
                           for node in plan.parents]
         self.seeds_G = [group_seed(cfg.seed, plan.step, g) for g in range(len(plan.parents))]
         self.rollouts: list[Rollout] = []
-        self._evaluations: list[Future] = []
-        self._groups: list[Future] | None = None
-        if cfg.pipeline != "sync":  # every group samples and goes to the verifier on its own thread
-            self._groups = [_in_thread(self._sample_and_verify, g) for g in range(len(plan.parents))]
+        self._sequences: list[Future] | None = None
+        if cfg.pipeline != "sync":  # every sequence samples and goes to the verifier on its own thread
+            self._sequences = [_in_thread(self._sample_and_verify, g, k)
+                               for g in range(len(plan.parents)) for k in range(cfg.group_size)]
 
     def sampled(self) -> list[Rollout]:
-        """Wait until every group is sampled (sync: sample them now); rollouts in group order."""
+        """Wait until every sequence is sampled (sync: sample them now); rollouts in group order."""
         cfg = self.pipe.cfg
         G = len(self.plan.parents)
-        with M.progress(cfg.progress and G >= 8, G, f"sample step {self.plan.step}") as bar:
-            if self._groups is None:
+        if self._sequences is None:
+            with M.progress(cfg.progress and G >= 8, G, f"sample step {self.plan.step}") as bar:
                 sampled_G = sample_groups(self.client, self.prompts_G, cfg.group_size, self.pipe.params,
                                           self.seeds_G, self.pipe.tokenizer, thinking_budget=cfg.thinking_budget,
                                           final_budget=cfg.final_budget, prefill_tokens=self.pipe.prefill,
                                           progress=bar)
-                groups = [self._rollouts(g, seqs) for g, seqs in enumerate(sampled_G)]
-            else:
-                groups = []
-                for future in self._groups:
-                    groups.append(future.result()[0])
-                    if bar is not None:
-                        bar.update(1)
-        self.rollouts = [r for group in groups for r in group]
+            self.rollouts = [self._rollout(g, k, seq) for g, seqs in enumerate(sampled_G)
+                             for k, seq in enumerate(seqs)]
+            return self.rollouts
+        with M.progress(cfg.progress and G >= 8, len(self._sequences), f"sample step {self.plan.step}") as bar:
+            for future in self._sequences:
+                self.rollouts.append(future.result()[0])
+                if bar is not None:
+                    bar.update(1)
         return self.rollouts
 
     def verified(self) -> list[Rollout]:
         """Wait until every rollout has its result (sync: verify them all now)."""
-        if self._groups is None:
+        if self._sequences is None:
             self._verify_all()
         else:
-            for future in self._groups:
-                for r, evaluation in zip(*future.result()):
-                    if evaluation is not None:
-                        r.result = evaluation.result()
+            for future in self._sequences:
+                r, evaluation = future.result()
+                if evaluation is not None:
+                    r.result = evaluation.result()
         return self.rollouts
 
     # ---- the pieces ----
-    def _rollouts(self, g: int, seqs: list[dict]) -> list[Rollout]:
-        K = self.pipe.cfg.group_size
-        return [Rollout(group=g, index=g * K + k, parent_id=self.plan.parents[g].id, prompt_tokens=self.prompts_G[g],
-                        version=self.plan.version, **seq) for k, seq in enumerate(seqs)]
+    def _rollout(self, g: int, k: int, seq: dict) -> Rollout:
+        return Rollout(group=g, index=g * self.pipe.cfg.group_size + k, parent_id=self.plan.parents[g].id,
+                       prompt_tokens=self.prompts_G[g], version=self.plan.version, **seq)
 
-    def _sample_and_verify(self, g: int) -> tuple[list[Rollout], list[Future | None]]:
+    def _sample_and_verify(self, g: int, k: int) -> tuple[Rollout, Future | None]:
         cfg = self.pipe.cfg
-        seqs = sample_group(self.client, self.prompts_G[g], cfg.group_size, self.pipe.params, self.seeds_G[g],
-                            self.pipe.tokenizer, thinking_budget=cfg.thinking_budget, final_budget=cfg.final_budget,
-                            prefill_tokens=self.pipe.prefill)
-        rollouts = self._rollouts(g, seqs)
-        return rollouts, [self._submit(r) for r in rollouts]
+        seq = sample_sequence(self.client, self.prompts_G[g], k, self.pipe.params, self.seeds_G[g],
+                              self.pipe.tokenizer, thinking_budget=cfg.thinking_budget,
+                              final_budget=cfg.final_budget, prefill_tokens=self.pipe.prefill)
+        r = self._rollout(g, k, seq)
+        return r, self._submit(r)
 
     def _known(self, r: Rollout) -> bool:
         """A result from the log (a resumed step) or a rollout with no answer to verify (logged now)."""
@@ -214,5 +216,5 @@ def _in_thread(fn, *args) -> Future:
         except BaseException as e:
             future.set_exception(e)
 
-    threading.Thread(target=run, daemon=True, name="sample-group").start()
+    threading.Thread(target=run, daemon=True, name="sample-sequence").start()
     return future

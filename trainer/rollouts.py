@@ -5,6 +5,7 @@ The prefill is not the policy's choice: mask 0, logprob 0.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -35,9 +36,20 @@ def render_prompt(tokenizer, text: str, chat_template_kwargs: dict | None = None
                                               tokenize=True, return_dict=False, **(chat_template_kwargs or {})))
 
 
+MAX_GROUPS, MAX_GROUP_SIZE = 512, 256
+SEED_MODULUS = 2**31 - 2**21  # a multiple of MAX_GROUP_SIZE; + k and the final phase's offsets stay in int32
+
+
 def group_seed(seed: int, step: int, group: int) -> int:
-    """Per-group sampling seeds fixed by (run seed, step, group), so a resumed step samples the same."""
-    return (seed * 1_000_003 + step * 1_009 + group) % (2**31 - 1)
+    """Per-group sampling seeds fixed by (run seed, step, group), so a resumed step samples the same. Sequence
+    k of a group samples with seed + k (vLLM's rule for n > 1, which our HF sampler follows), so each group
+    gets its own block of MAX_GROUP_SIZE seeds: with consecutive seeds, group g's sequence 1 would be group
+    g+1's sequence 0, the same sample whenever the two groups share a parent. Blocks repeat only after
+    SEED_MODULUS / (MAX_GROUPS * MAX_GROUP_SIZE) = 16,376 steps."""
+    if not 0 <= group < MAX_GROUPS:
+        raise ValueError(f"at most {MAX_GROUPS} groups per step are supported, got group {group}")
+    offset = int.from_bytes(hashlib.blake2b(str(seed).encode(), digest_size=8).digest(), "little")
+    return (offset + (step * MAX_GROUPS + group) * MAX_GROUP_SIZE) % SEED_MODULUS
 
 
 def sample_groups(client, prompts_G: Sequence[list[int]], group_size: int, params: types.SamplingParams,
@@ -65,22 +77,20 @@ def sample_groups(client, prompts_G: Sequence[list[int]], group_size: int, param
     return groups
 
 
-def sample_group(client, prompt: list[int], group_size: int, params: types.SamplingParams, seed: int, tokenizer,
-                 *, thinking_budget: int = 0, final_budget: int = 0,
-                 prefill_tokens: Sequence[int] = ()) -> list[dict]:
-    """One group, both phases, on its own (pipeline=stream/async: a group goes to the verifier as soon as it
-    is done). Same requests and seeds as sample_groups, so the same tokens."""
+def sample_sequence(client, prompt: list[int], k: int, params: types.SamplingParams, seed: int, tokenizer, *,
+                    thinking_budget: int = 0, final_budget: int = 0, prefill_tokens: Sequence[int] = ()) -> dict:
+    """Sequence k of a group seeded `seed`, both phases, on its own (pipeline=stream/async: it goes to the
+    verifier the moment it ends, not when its group's longest sequence does). A single request seeded
+    seed + k samples what the group request's k-th sequence would (vLLM's rule; our HF sampler's too), so
+    the same tokens as sample_groups on our backends; Tinker's cloud does not promise that rule."""
     first = params.model_copy(update={"max_tokens": thinking_budget}) if thinking_budget > 0 else params
-    group = _sequences(client.sample(types.ModelInput.from_ints(list(prompt)), group_size,
-                                     first.model_copy(update={"seed": seed})).result())
-    if thinking_budget > 0:
-        cut = [k for k, seq in enumerate(group) if seq["stop_reason"] == "length"]
-        finals = [_final_request(client, prompt, group[k], k, params, seed, final_budget, prefill_tokens)
-                  for k in cut]
-        for k, future in zip(cut, finals):
-            _join_final(group[k], future.result().sequences[0], prefill_tokens)
-    _decode(group, tokenizer)
-    return group
+    seq = _sequences(client.sample(types.ModelInput.from_ints(list(prompt)), 1,
+                                   first.model_copy(update={"seed": seed + k})).result())[0]
+    if thinking_budget > 0 and seq["stop_reason"] == "length":
+        final = _final_request(client, prompt, seq, k, params, seed, final_budget, prefill_tokens)
+        _join_final(seq, final.result().sequences[0], prefill_tokens)
+    _decode([seq], tokenizer)
+    return seq
 
 
 def _sequences(response) -> list[dict]:

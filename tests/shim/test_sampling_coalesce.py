@@ -2,6 +2,8 @@
 own seed: the results equal the same requests sent one at a time (tokens exactly; logprobs up to the float
 rounding of a bigger batched matmul)."""
 
+import time
+
 import numpy as np
 
 from tinker import types
@@ -30,3 +32,52 @@ def test_concurrent_requests_are_coalesced_and_keep_their_seeds(hf_engine):
     mixed = [sampling.sample(prompts[0], 2, params(0)), sampling.sample(prompts[1], 3, params(1))]
     assert [len(f.result().sequences) for f in mixed] == [2, 3]  # different n: never merged
     service.close()
+
+
+class _StagedSampler:
+    """Answers prompt 0 at once, then holds the engine call until the test lets it finish."""
+
+    def __init__(self):
+        import threading
+
+        self.release = threading.Event()
+
+    def sample(self, prompts_P, num_samples, params, seeds_P=None, version="current", on_result=None):
+        from inference.types import SampledSequence
+
+        groups = [[SampledSequence(tokens=[p], logprobs=[0.0], stop_reason="stop", adapter_version=version,
+                                   text="")] * num_samples for p in range(len(prompts_P))]
+        on_result(0, groups[0])
+        assert self.release.wait(10)
+        for p in range(1, len(groups)):
+            on_result(p, groups[p])
+        return groups
+
+
+def test_a_request_is_answered_when_its_own_sequences_end_not_the_whole_call():
+    """pipeline=stream asks for each sequence on its own: the pool must hand back each request's answer the
+    moment the sampler reports it, while the engine call (and the batch's longest sequence) goes on."""
+    import threading
+
+    from inference.types import SamplingParams
+    from shim.sampling_pool import SamplingPool, SamplingTarget
+
+    sampler = _StagedSampler()
+    pool, target = SamplingPool(sampler), SamplingTarget(None)
+    answers: dict[int, float] = {}
+
+    def ask(i):
+        pool.sample(target, [1, 2, 3 + i], 1, SamplingParams(max_tokens=4, seed=i), prompt_logprobs=False)
+        answers[i] = time.monotonic()
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(answers) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(answers) == 1 and pool.engine_calls == 1  # one answered, the call still running
+    sampler.release.set()
+    for t in threads:
+        t.join(10)
+    assert len(answers) == 3 and pool.engine_calls == 1
