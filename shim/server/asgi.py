@@ -38,6 +38,8 @@ PREFIX = "/api/v1/"
 UNAUTHENTICATED = ("/api/v1/healthz", "/metrics")  # exact paths
 SIGNED_PREFIX = "/api/v1/checkpoint_archives/"  # authorised by the URL's signature instead of a key
 _JSON = "application/json"
+HOT = ("retrieve_future", "forward_backward", "optim_step", "asample", "save_weights_for_sampler", "forward",
+       "session_heartbeat")
 
 
 def json_reply(status: int, message: str, headers: dict | None = None) -> Response:
@@ -77,20 +79,22 @@ class Limits:
         self.max_body, self.body_timeout_s = max_body, body_timeout_s
 
 
-async def read_body(request: StarletteRequest, limits: Limits) -> bytes:
+async def read_body(request: StarletteRequest, limits: Limits, headers: dict | None = None) -> bytes:
     """The whole body, never more than max_body bytes held (Content-Length or chunked), each read bounded by
     body_timeout_s. A refusal closes the connection: its unread body must not be parsed as a next request."""
     close = {"connection": "close"}
-    if request.headers.get("content-encoding", "identity").lower() not in ("identity", ""):
+    headers = _headers(request.scope) if headers is None else headers
+    if headers.get(b"content-encoding", b"identity").lower() not in (b"identity", b""):
         raise HTTPException(415, "Content-Encoding is not supported; send the body uncompressed", close)
-    declared = request.headers.get("content-length")
+    declared = headers.get(b"content-length", b"").decode("latin-1") or None
     if declared is not None and int(declared) > limits.max_body:  # the parser already checked it is a number
         raise HTTPException(413, f"body of {declared} bytes is larger than the limit {limits.max_body}", close)
     chunks, size = [], 0
     while True:
         try:
-            message = await asyncio.wait_for(request.receive(), limits.body_timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(limits.body_timeout_s):  # a timer, not a task per read as wait_for makes
+                message = await request.receive()
+        except TimeoutError:
             raise HTTPException(408, f"request body not received within {limits.body_timeout_s:g} s", close) from None
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
@@ -103,16 +107,39 @@ async def read_body(request: StarletteRequest, limits: Limits) -> bytes:
             return b"".join(chunks)
 
 
+def _headers(scope: dict) -> dict[bytes, bytes]:
+    """Raw header name (lower case, as ASGI gives it) -> value; the first of a repeated header wins, as in
+    starlette's Headers.get (a dict, without building starlette's Headers object on every request)."""
+    return dict(reversed(scope["headers"]))
+
+
+def _base_url(scope: dict, headers: dict) -> str:
+    """scheme://host[:port] as the client addressed us (starlette's request.url, without parsing a URL on every
+    request): the Host header, else the server's own address."""
+    host = headers.get(b"host")
+    if host is not None:
+        return f"{scope['scheme']}://{host.decode('latin-1')}"
+    server = scope.get("server")
+    if server is None:
+        return ""
+    default = {"http": 80, "https": 443}.get(scope["scheme"])
+    return f"{scope['scheme']}://{server[0]}" + ("" if server[1] == default else f":{server[1]}")
+
+
 def _endpoint(handler, name: str, limits: Limits):
     is_async = asyncio.iscoroutinefunction(handler)
 
     async def endpoint(request: StarletteRequest) -> Response:
-        body = await read_body(request, limits) if request.method in ("POST", "PUT", "PATCH", "DELETE") else b""
-        headers = request.headers
-        req = Request(request.method, name, body, (headers.get("content-type") or "").lower(),
-                      "application/x-protobuf" in (headers.get("accept") or "").lower(), dict(request.path_params),
-                      request.scope.get("ttt.owner", ""), dict(parse_qsl(request.scope["query_string"].decode(
-                          "latin-1"))), f"{request.url.scheme}://{request.url.netloc}")
+        scope = request.scope
+        headers = _headers(scope)
+        body = b""
+        if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            body = await read_body(request, limits, headers)
+        query = scope["query_string"]
+        req = Request(request.method, name, body, headers.get(b"content-type", b"").decode("latin-1").lower(),
+                      b"application/x-protobuf" in headers.get(b"accept", b"").lower(), dict(request.path_params),
+                      scope.get("ttt.owner", ""), dict(parse_qsl(query.decode("latin-1"))) if query else {},
+                      _base_url(scope, headers))
         # Sync handlers run inline: each only parses, checks and enqueues (the work itself runs on the engine's
         # threads), and a hop to a thread pool and back cost more per request than the handler itself.
         reply = await handler(req) if is_async else handler(req)
@@ -176,8 +203,12 @@ class ObserveMiddleware:
 def build_app(api: TinkerApi, rest: RestApi, keyring: KeyRing, limits: Limits, access_log=None,
               pool: concurrent.futures.Executor | None = None):
     pool = pool or concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="ttt-serve-http")
-    routes = [Route(PREFIX + pattern, _endpoint(handler, pattern, limits), methods=[method])
-              for (method, pattern), handler in {**api.routes, **rest.routes}.items()]
+    handlers = {**api.routes, **rest.routes}
+    # the router tries routes in order (a regex match each): the per-step calls of a training loop go first.
+    # No two patterns match the same path, so the order changes nothing else.
+    order = sorted(handlers, key=lambda route: route[1] not in HOT)
+    routes = [Route(PREFIX + pattern, _endpoint(handlers[method, pattern], pattern, limits), methods=[method])
+              for method, pattern in order]
 
     async def metrics(request: StarletteRequest) -> Response:
         body, content_type = api.metrics.exposition()

@@ -199,9 +199,10 @@ class TinkerApi:
         if not self.engine.models.exists(model_id):
             raise KeyError(f"unknown model_id {model_id!r}")
         validate.int_in(seq_id, "seq_id", 0)
-        self.registry.db.touch_run(model_id)
         start = lambda: self.engine.submit(model_id, seq_id, op, *args)
-        return self._start(r, (model_id, seq_id), start, encode)
+        reply = self._start(r, (model_id, seq_id), start, encode)
+        self.registry.db.touch_run(model_id)  # after the submission: the operation need not wait for the write
+        return reply
 
     def forward_backward(self, r: Request) -> Reply:
         if r.content_type.startswith(we.PROTO):
@@ -349,21 +350,28 @@ class TinkerApi:
 
 async def _wait(future: concurrent.futures.Future, timeout: float) -> bool:
     """Wait for a thread-side future from the event loop, without cancelling it on timeout (asyncio.wrap_future
-    would cancel a still-queued operation when the poll times out)."""
+    would cancel a still-queued operation when the poll times out). The operation's thread wakes the loop
+    directly (one call_soon_threadsafe); no task is made per poll."""
     if future.done():
         return True
     loop = asyncio.get_running_loop()
-    event = asyncio.Event()
+    woken = loop.create_future()
 
     def wake(_):
         try:
-            loop.call_soon_threadsafe(event.set)
+            loop.call_soon_threadsafe(_resolve, woken)
         except RuntimeError:  # the loop closed (server stopped) before the operation finished
             pass
 
     future.add_done_callback(wake)
     try:
-        await asyncio.wait_for(event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await woken
         return True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return future.done()
+
+
+def _resolve(waiter: asyncio.Future) -> None:
+    if not waiter.done():  # a poll that timed out cancelled it
+        waiter.set_result(None)

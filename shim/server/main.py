@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import tempfile
 import threading
 
@@ -31,6 +32,11 @@ from shim.server.registry import Registry
 from shim.server.rest import RestApi, sweep_expired
 
 log = logging.getLogger(__name__)
+# The event loop answers requests in microseconds but needs the GIL to do it; with Python's default 5 ms switch
+# interval a request arriving while the learner thread runs Python (module calls, the optimizer's per-parameter
+# loop) waits up to 5 ms, and the learner waits as long for a busy loop. ~3% of a tiny-model RL step
+# (BENCHMARKS.md, bench_shim).
+SWITCH_INTERVAL_MS = 1.0
 
 
 class ExpirySweeper(threading.Thread):
@@ -102,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-log", default="-", help="JSON-lines access log: '-' (stderr, default), a file, or off")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch intra-op threads of the learner (default: torch's own choice, one per core)")
+    p.add_argument("--switch-interval-ms", type=float, default=SWITCH_INTERVAL_MS,
+                   help="Python's GIL switch interval in this process (sys.setswitchinterval; Python's default is "
+                        "5 ms): how long the event loop may wait for the GIL while a learner or sampler thread "
+                        "runs Python code, and the reverse")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -114,6 +124,9 @@ def serve_main(argv: list[str]) -> int:
             return default_path(checkpoint_dir)
         return keys_main(argv[1:], db_for)
     args = build_parser().parse_args(argv)
+    if not args.switch_interval_ms > 0:
+        raise SystemExit(f"ttt serve: --switch-interval-ms must be > 0, got {args.switch_interval_ms}")
+    sys.setswitchinterval(args.switch_interval_ms / 1000)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from shim.factory import make_engine
 
@@ -161,6 +174,4 @@ def serve_main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(serve_main(sys.argv[1:]))

@@ -98,7 +98,11 @@ def loss_fn_config(config: dict) -> dict:
 
 def datum_tensors(data) -> None:
     """Float inputs (advantages, logprobs, weights) must be finite: one NaN advantage turns every gradient of
-    the step into NaN."""
+    the step into NaN. One isfinite over all of them (per-tensor checks cost ~5 us each, on the critical path
+    of every forward_backward); only a failing batch is searched for the datum to name."""
+    floats = [t.reshape(-1) for d in data for t in d.loss_fn_inputs.values() if t.is_floating_point() and t.numel()]
+    if not floats or bool(torch.isfinite(torch.cat(floats)).all()):
+        return
     for i, datum in enumerate(data):
         for key, tensor in datum.loss_fn_inputs.items():
             if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):

@@ -112,18 +112,29 @@ def forward_backward_from_json(body: dict, key: str) -> tuple[list[WireDatum], s
 
 
 # -- protobuf ----------------------------------------------------------------------------------------
+_PROTO: tuple | None = None  # (tinker_public_pb2, {proto DType: numpy dtype}), loaded on first use
+
+
+def _proto():
+    global _PROTO
+    if _PROTO is None:
+        from tinker.proto import tinker_public_pb2 as pb
+
+        _PROTO = pb, {pb.DTYPE_FLOAT32: np.float32, pb.DTYPE_INT64: np.int64, pb.DTYPE_INT32: np.int32}
+    return _PROTO
+
+
 def _pb():
-    from tinker.proto import tinker_public_pb2
-
-    return tinker_public_pb2
+    return _proto()[0]
 
 
-def _tensor_from_proto(msg, what: str) -> torch.Tensor:
-    pb = _pb()
-    dtypes = {pb.DTYPE_FLOAT32: np.float32, pb.DTYPE_INT64: np.int64, pb.DTYPE_INT32: np.int32}
-    if msg.dtype not in dtypes:
-        raise BadRequest(f"{what}: unsupported dtype {msg.dtype}")
-    dtype, shape = dtypes[msg.dtype], list(msg.shape)
+def _tensor_from_proto(msg, what) -> torch.Tensor:
+    """`what`: the field's name for error messages, or a () -> name (built only when needed: this runs once per
+    tensor of every forward_backward, on the request's critical path)."""
+    dtype = _proto()[1].get(msg.dtype)
+    if dtype is None:
+        raise BadRequest(f"{what if isinstance(what, str) else what()}: unsupported dtype {msg.dtype}")
+    shape = list(msg.shape)
     try:
         if msg.HasField("sparse_csr"):
             csr = msg.sparse_csr
@@ -135,7 +146,7 @@ def _tensor_from_proto(msg, what: str) -> torch.Tensor:
         array = np.frombuffer(msg.dense, dtype=dtype).copy()
         return torch.from_numpy(array.reshape(shape) if shape else array)
     except (ValueError, RuntimeError) as exc:
-        raise BadRequest(f"{what}: {exc}") from None
+        raise BadRequest(f"{what if isinstance(what, str) else what()}: {exc}") from None
 
 
 def forward_backward_from_proto(body: bytes):
@@ -154,7 +165,8 @@ def forward_backward_from_proto(body: bytes):
             if chunk.WhichOneof("chunk") != "encoded_text":
                 raise BadRequest(f"datum {i}: only encoded_text chunks are supported")
             tokens += np.frombuffer(chunk.encoded_text.tokens, dtype="<i4").tolist()
-        data.append(WireDatum(tokens, {k: _tensor_from_proto(v, f"datum {i} {k}") for k, v in d.loss_fn_inputs.items()}))
+        data.append(WireDatum(tokens, {k: _tensor_from_proto(v, lambda i=i, k=k: f"datum {i} {k}")
+                                       for k, v in d.loss_fn_inputs.items()}))
     config: dict = dict(msg.loss_fn_config)
     for key, value in msg.loss_fn_config_v2.items():  # v2 wins where set (it alone can carry strings)
         config[key] = value.number if value.WhichOneof("value") == "number" else value.text

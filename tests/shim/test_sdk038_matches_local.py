@@ -93,3 +93,34 @@ def test_get_info_names_a_local_tokenizer(backends, tiny_model_path):
     info = training.get_info()
     assert info.model_data.tokenizer_id == tiny_model_path and info.lora_rank == 8
     assert training.get_tokenizer().encode("hello")  # resolves offline from the local path
+
+
+def test_sdk_polls_again_after_a_long_poll_times_out(hf_engine, backends):
+    """A long poll that times out (the operation still running) answers try_again; the SDK 0.38 polls again at
+    once and gets the same numbers as the in-process backend. long_poll_s=1 ms: every poll of a forward_backward
+    or a sample times out at least once."""
+    from shim.server import start_server
+    from tests.shim.conftest import API_KEY
+
+    server, _ = start_server(hf_engine, API_KEY, long_poll_s=0.001)
+    client = sdk_client(server)
+    try:
+        got = {}
+        for name, service in (("local", backends["local"]), ("served", client)):
+            training = service.create_lora_training_client(base_model="tiny", rank=8, seed=5).result()
+            fb_future = training.forward_backward(data_for("importance_sampling"), "importance_sampling")
+            opt_future = training.optim_step(ADAM)
+            fb, opt = fb_future.result(), opt_future.result()
+            sampler = training.save_weights_and_get_sampling_client().result()
+            resp = sampler.sample(types.ModelInput.from_ints(PROMPT), 2,
+                                  types.SamplingParams(max_tokens=8, seed=3)).result()
+            got[name] = (logprob_lists(fb), opt.metrics["grad_norm:mean"], [s.tokens for s in resp.sequences])
+        assert_close(got["served"][0], got["local"][0])
+        assert_close(got["served"][1], got["local"][1])
+        assert got["served"][2] == got["local"][2]
+        polls = server.api.metrics.requests.labels("retrieve_future", "POST", "200")._value.get()
+        assert polls > 4, f"{polls} polls for 4 operations: no long poll timed out"
+    finally:
+        client.close("success")
+        server.shutdown()
+        server.server_close()

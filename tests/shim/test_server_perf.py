@@ -82,6 +82,43 @@ def test_retrieve_future_wakes_when_the_operation_finishes(bare_server):
     assert 0.25 < waited < 0.3 + 0.25, waited  # no poll interval between completion and the reply
 
 
+def test_retrieve_future_times_out_to_try_again_and_keeps_the_operation(tmp_path):
+    """A long poll whose operation is still running answers try_again (the SDK polls again at once) after
+    long_poll_s, without cancelling the operation; the next poll gets the result as soon as it is ready."""
+    server, _ = start_server(NoEngine(tmp_path / "ckpt"), KEY, long_poll_s=0.2)
+    try:
+        api: TinkerApi = server.api
+        inner: concurrent.futures.Future = concurrent.futures.Future()
+        owner = server.registry.db.keys()[0]["key_id"]
+        request_id, _ = api.futures.add(None, lambda: inner, lambda result, _: ("application/json",
+                                                                               json.dumps(result).encode()),
+                                        owner=owner)
+        host, port = server.server_address[:2]
+        with socket.create_connection((host, port)) as sock, sock.makefile("rb") as reader:
+            t0 = time.perf_counter()
+            status, body = _request(sock, reader, "retrieve_future", {"request_id": request_id})
+            waited = time.perf_counter() - t0
+            assert status == 200 and json.loads(body) == {"type": "try_again", "request_id": request_id,
+                                                          "queue_state": "active"}
+            assert 0.19 < waited < 0.2 + 0.25, waited
+            assert not inner.cancelled() and inner.set_running_or_notify_cancel()
+            threading.Timer(0.1, inner.set_result, args=({"done": 2},)).start()
+            t0 = time.perf_counter()
+            status, body = _request(sock, reader, "retrieve_future", {"request_id": request_id})
+            waited = time.perf_counter() - t0
+        assert status == 200 and json.loads(body) == {"done": 2}
+        assert waited < 0.1 + 0.15, waited
+    finally:
+        server.shutdown()
+        server.server_close()
+        server.api.executor.shutdown(wait=False)
+
+
+def test_switch_interval_option():
+    assert build_parser().parse_args([]).switch_interval_ms == 1.0
+    assert build_parser().parse_args(["--switch-interval-ms", "0.5"]).switch_interval_ms == 0.5
+
+
 def test_finished_request_ids_expire_and_free_their_keys():
     futures = RequestFutures(keep_s=0.05)
     done: concurrent.futures.Future = concurrent.futures.Future()
