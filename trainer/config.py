@@ -90,10 +90,14 @@ class TrainConfig:
     learner_args: dict = field(default_factory=dict)  # to LoRALearner (dtype, micro-batch budget, ...)
     verifier_backend: str = "ray"  # ray | local
     # -- how a step's phases overlap (trainer/pipeline.py): sync (sample all, verify all, train: the paper's
-    # order), stream (each group goes to the verifier as it is sampled; same results as sync), async (the next
+    # order), stream (each sequence goes to the verifier as it ends; same results as sync), async (the next
     # step samples while this one verifies and trains, at most max_steps_off_policy adapter versions behind)
     pipeline: str = "stream"
     max_steps_off_policy: int = 1
+    # async: the share of this step's sequences that must have ended before the next step starts sampling.
+    # 1.0: one step samples at a time; lower lets the next step's sampling overlap this step's longest
+    # sequences (the same adapter version samples both, so staleness stays <= 1)
+    prefetch_at: float = 1.0
     verifier_address: str | None = None  # a Ray cluster HOST:PORT; else RAY_ADDRESS; else a local Ray
     # -- proof of serving: the sampler must serve the adapter the learner trained
     mismatch_threshold: float = 1e-3
@@ -127,6 +131,9 @@ class TrainConfig:
             raise ValueError(f"max_steps_off_policy must be 0 or 1, got {self.max_steps_off_policy}: pipeline=async "
                              "samples at most one step ahead (a deeper prefetch would pick its states from the "
                              "same buffer twice); 0 makes async behave as stream")
+        if not 0 < self.prefetch_at <= 1:
+            raise ValueError(f"prefetch_at must be in (0, 1], got {self.prefetch_at}: the share of a step's "
+                             "sequences that end before pipeline=async starts sampling the next step")
         biggest = max(self.groups, self.max_groups if self.adaptive_batch else 0)
         if not (1 <= biggest <= 512 and 1 <= self.group_size <= 256):
             raise ValueError(f"groups (and max_groups) must be in 1..512 and group_size in 1..256, got groups "

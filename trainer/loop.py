@@ -125,10 +125,11 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
         prefetched = pipe.take(step)  # async: selected and sampling since the previous step
         batch = prefetched or begin(step)
         plan, inst = batch.plan, batch.inst
+        if pipe.prefetches and step + 1 < cfg.steps:  # async: step+1 samples while this step verifies and trains
+            batch.wait_sampled(cfg.prefetch_at)  # (prefetch_at < 1: and while this step's stragglers decode)
+            pipe.ahead = begin(step + 1)
         rollouts = batch.sampled()
         t1 = time.perf_counter()
-        if pipe.prefetches and step + 1 < cfg.steps:  # async: step+1 samples while this step verifies and trains
-            pipe.ahead = begin(step + 1)
 
         def previous_step_state():  # nothing below mutates the run until the buffer update (4.)
             return run_state.loop_state(cfg, step - 1, version, groups, best, curriculum, instances, training,

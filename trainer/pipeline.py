@@ -8,8 +8,9 @@ module runs its rollouts from sampling to the last evaluation.
             what the group request of sync samples on our backends (vLLM's rule for n > 1, followed by our HF
             sampler; the sampling pool batches the single requests and encodes a prompt once): the same
             tokens, rewards and run as sync.
-    async   as stream, and the next step's batch starts sampling as soon as this step's sampling ends, while
-            this step verifies and trains. Its rollouts come from the adapter one version behind the one they
+    async   as stream, and the next step's batch starts sampling as soon as this step's sampling ends (or,
+            with prefetch_at < 1, once that share of its sequences has ended), while this step verifies and
+            trains. Its rollouts come from the adapter one version behind the one they
             are trained at (staleness 1); the importance-sampling loss divides by the sampler's logprobs, so it
             stays correct, and every rollout records the version that sampled it.
 
@@ -22,6 +23,7 @@ from rollouts.jsonl rather than redone.
 
 from __future__ import annotations
 
+import math
 import shutil
 import threading
 from concurrent.futures import Future
@@ -132,6 +134,8 @@ class Batch:
                           for node in plan.parents]
         self.seeds_G = [group_seed(cfg.seed, plan.step, g) for g in range(len(plan.parents))]
         self.rollouts: list[Rollout] = []
+        self._ended = 0  # sequences sampled (or failed) so far
+        self._ended_changed = threading.Condition()
         self._sequences: list[Future] | None = None
         if cfg.pipeline != "sync":  # every sequence samples and goes to the verifier on its own thread
             self._sequences = [_in_thread(self._sample_and_verify, g, k)
@@ -157,6 +161,15 @@ class Batch:
                     bar.update(1)
         return self.rollouts
 
+    def wait_sampled(self, share: float) -> None:
+        """Wait until `share` of the sequences have ended (sync: all of them, sampled now)."""
+        if self._sequences is None:
+            self.sampled()
+            return
+        need = math.ceil(share * len(self._sequences))
+        with self._ended_changed:
+            self._ended_changed.wait_for(lambda: self._ended >= need)
+
     def verified(self) -> list[Rollout]:
         """Wait until every rollout has its result (sync: verify them all now)."""
         if self._sequences is None:
@@ -175,9 +188,14 @@ class Batch:
 
     def _sample_and_verify(self, g: int, k: int) -> tuple[Rollout, Future | None]:
         cfg = self.pipe.cfg
-        seq = sample_sequence(self.client, self.prompts_G[g], k, self.pipe.params, self.seeds_G[g],
-                              self.pipe.tokenizer, thinking_budget=cfg.thinking_budget,
-                              final_budget=cfg.final_budget, prefill_tokens=self.pipe.prefill)
+        try:
+            seq = sample_sequence(self.client, self.prompts_G[g], k, self.pipe.params, self.seeds_G[g],
+                                  self.pipe.tokenizer, thinking_budget=cfg.thinking_budget,
+                                  final_budget=cfg.final_budget, prefill_tokens=self.pipe.prefill)
+        finally:  # a failed request counts as ended: its error surfaces in sampled()
+            with self._ended_changed:
+                self._ended += 1
+                self._ended_changed.notify_all()
         r = self._rollout(g, k, seq)
         return r, self._submit(r)
 
