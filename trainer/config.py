@@ -96,7 +96,9 @@ class TrainConfig:
     max_steps_off_policy: int = 1
     # async: the share of this step's sequences that must have ended before the next step starts sampling.
     # 1.0: one step samples at a time; lower lets the next step's sampling overlap this step's longest
-    # sequences (the same adapter version samples both, so staleness stays <= 1)
+    # sequences. The next step samples with the same adapter as with 1.0, so staleness stays <= 1. It pays
+    # where the sampling service runs two adapters' requests at once (Tinker's cloud); our local engines
+    # serve one adapter per engine call, so there the next step's requests wait for the running call
     prefetch_at: float = 1.0
     verifier_address: str | None = None  # a Ray cluster HOST:PORT; else RAY_ADDRESS; else a local Ray
     # -- proof of serving: the sampler must serve the adapter the learner trained
