@@ -225,9 +225,12 @@ def main(argv=None) -> int:
     load_after = os.getloadavg()
 
     local, served = arms
-    worst = max(max_diff(a, b, f"round {i}") for i, (a, b) in enumerate(zip(local.results, served.results)))
+    diffs = {f"round {i} {key}": max_diff(a[key], b[key], f"round {i}.{key}")
+             for i, (a, b) in enumerate(zip(local.results, served.results)) for key in a}
+    worst = max(diffs.values(), default=0.0)
     if worst > TOL:
-        raise SystemExit(f"bench_shim: served and in-process results differ by {worst:.3g} > {TOL}")
+        where = ", ".join(f"{k} ({v:.2g})" for k, v in diffs.items() if v > TOL)
+        raise SystemExit(f"bench_shim: served and in-process results differ by {worst:.3g} > {TOL}: {where}")
     rows = ["| phase | in-process median s | ttt serve median s | served - in-process s | ratio of medians "
             "| median per-round ratio |", "|---|---|---|---|---|---|"]
     for phase in (*PHASES, CPU_ROW):
