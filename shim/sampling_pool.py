@@ -14,15 +14,14 @@ from __future__ import annotations
 import inspect
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from inference.types import SampledSequence, SamplingParams
 
-
 SETTLE_S = 0.005  # a quiet gap this long ends the wait for more requests to join a batch
 SETTLE_MAX_S = 0.05
-POLL_S = 0.002  # a waiting request checks this often whether the engine is free for it to lead a batch
 
 
 @dataclass
@@ -60,6 +59,7 @@ class SamplingPool:
         self._streams = "on_result" in inspect.signature(sampler.sample).parameters
         self.max_model_len = getattr(sampler, "max_model_len", None)
         self._lock = threading.Lock()  # the engine
+        self._changed = threading.Condition()  # notified when a request is answered or the engine comes free
         self._queued: list[_Request] = []
         self._queue_lock = threading.Lock()
         self.engine_calls = 0  # sampler.sample calls made (coalescing shows as fewer calls than requests)
@@ -91,7 +91,7 @@ class SamplingPool:
         if not prompt:
             raise ValueError("prompt is empty")
         if prompt_logprobs:
-            with self._lock:
+            with self._engine():
                 version = self._activate(target)
                 self.engine_calls += 1
                 seqs = self.sampler.sample([list(prompt)], num_samples, params, [params.seed], version=version)[0]
@@ -103,14 +103,19 @@ class SamplingPool:
         # a batch, run on its own thread, which frees the engine when the call ends. Nobody blocks on the
         # engine: a request in a running batch is answered when its own sequences end, the leader's too.
         while not request.done.is_set():
-            if not self._lock.acquire(blocking=False):
-                request.done.wait(POLL_S)
-            elif request.done.is_set():
-                self._lock.release()
-            else:
+            held = False
+            with self._changed:
+                while not request.done.is_set():
+                    if self._lock.acquire(blocking=False):
+                        held = True
+                        break
+                    self._changed.wait(1.0)  # woken by an answer or a freed engine; the timeout: a safety net
+            if held and request.done.is_set():  # answered by the call that freed the engine
+                self._free_engine()
+            elif held:
                 self._settle()
-                threading.Thread(target=self._run, args=(self._take_batch(request),), kwargs={"release": True},
-                                 daemon=True, name="sampling-engine").start()
+                threading.Thread(target=self._run, args=(self._take_batch(request),), daemon=True,
+                                 name="sampling-engine").start()
         if request.error is not None:
             raise request.error
         return request.result, None
@@ -135,13 +140,13 @@ class SamplingPool:
             self._queued = [r for r in self._queued if r not in batch]
         return batch
 
-    def _run(self, batch: list[_Request], release: bool = False) -> None:
-        """One engine call for `batch`; `release`: the caller acquired the engine lock for it."""
+    def _run(self, batch: list[_Request]) -> None:
+        """One engine call for `batch`, on the engine lock its leader acquired; frees it when done."""
         leader = batch[0]
         try:
             version = self._activate(leader.target)
             self.engine_calls += 1
-            stream = {"on_result": lambda p, seqs: _deliver(batch[p], seqs)} if self._streams else {}
+            stream = {"on_result": lambda p, seqs: self._deliver(batch[p], seqs)} if self._streams else {}
             groups = self.sampler.sample([r.prompt for r in batch], leader.num_samples, leader.params,
                                          [r.params.seed for r in batch], version=version, **stream)
             for r, seqs in zip(batch, groups):
@@ -153,15 +158,28 @@ class SamplingPool:
         finally:
             for r in batch:
                 r.done.set()
-            if release:  # after the answers: a thread that finds the engine free finds its own request done
-                self._lock.release()
+            self._free_engine()  # after the answers: a thread that finds the engine free finds its request done
+
+    @contextmanager
+    def _engine(self):
+        with self._lock:
+            yield
+        self._notify()
+
+    def _free_engine(self) -> None:
+        self._lock.release()
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _deliver(self, request: _Request, seqs: list[SampledSequence]) -> None:
+        request.result = seqs
+        request.done.set()
+        self._notify()
 
     def compute_logprobs(self, target: SamplingTarget, tokens: Sequence[int]) -> list[float | None]:
-        with self._lock:
+        with self._engine():
             version = self._activate(target)
             return self.sampler.compute_logprobs(list(tokens), version=version)
-
-
-def _deliver(request: _Request, seqs: list[SampledSequence]) -> None:
-    request.result = seqs
-    request.done.set()
