@@ -8,11 +8,14 @@ their results are compared (|diff| <= 1e-6, identical tokens). Rounds alternate 
 medians are reported. Goal: served <= 1.10x in-process.
 
     .venv/bin/python bench/bench_shim.py [--sampler hf|vllm] [--rounds 16] [--server process|thread] [--out F]
+        [--also-serve DIR]   # a third arm: `ttt serve` from another checkout (e.g. `git archive` of an older
+                             # commit), in the same rounds: before/after comparisons without drift between runs
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -112,12 +115,12 @@ def _cpu_seconds(pid: int) -> float:
 class ServeProcess:
     """`ttt serve` in a child process (what `ttt serve ...` runs), on a free loopback port."""
 
-    def __init__(self, sampler: str, threads: int, checkpoint_dir: str):
+    def __init__(self, sampler: str, threads: int, checkpoint_dir: str, root: Path = ROOT):
         code = "import sys; from shim.server import serve_main; sys.exit(serve_main(sys.argv[1:]))"
         cmd = [sys.executable, "-c", code, "--model", "tiny", "--sampler", sampler, "--port", "0",
                "--api-key", API_KEY, "--max-lora-rank", str(MAX_LORA_RANK), "--max-model-len", str(MAX_MODEL_LEN),
                "--checkpoint-dir", checkpoint_dir, "--torch-threads", str(threads), "--log-level", "WARNING"]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, text=True)
         self.url = None
         for line in self.proc.stdout:
             if "listening on " in line:
@@ -176,6 +179,9 @@ def main(argv=None) -> int:
                    help="process: `ttt serve` as a child process (as deployed); thread: in this process (the "
                         "server, the SDK's threads and the in-process learner then share one GIL)")
     p.add_argument("--out", default=None, help="also write the report (markdown) here")
+    p.add_argument("--also-serve", default=None, metavar="DIR",
+                   help="a third arm: `ttt serve` run from checkout DIR (its own process), interleaved with the two "
+                        "others in the same rounds (all 6 orders in turn); its results are checked equal too")
     args = p.parse_args(argv)
 
     import tinker
@@ -203,18 +209,28 @@ def main(argv=None) -> int:
     data, prompts = make_batch(args.datums, 48, 48), [[5 + i, 17, 42, 9, 101, 33] for i in range(2)]
     local_service = make_service_client("local", engine=engine)
     served_service = tinker.ServiceClient(base_url=url, api_key=API_KEY)
+    other = other_service = None
     try:
         arms = [Arm("in-process", local_service, []), Arm("ttt serve", served_service, served_pids)]
+        if args.also_serve:
+            other = ServeProcess(args.sampler, threads, tempfile.mkdtemp(prefix="bench-shim-other-"),
+                                 Path(args.also_serve).resolve())
+            other_service = tinker.ServiceClient(base_url=other.url, api_key=API_KEY)
+            arms.append(Arm(f"ttt serve from {args.also_serve}", other_service, [other.pid]))
+        orders = [arms, arms[::-1]] if len(arms) == 2 else list(itertools.permutations(arms))
         for arm in arms:
             arm.step(data, prompts, record=False)  # warm-up: first-call allocations, adapter load paths
         for r in range(args.rounds):
-            for arm in (arms if r % 2 == 0 else arms[::-1]):  # ABBA: drift on a shared machine hits both arms
+            for arm in orders[r % len(orders)]:  # ABBA (or every order): drift on a shared machine hits all arms
                 arm.step(data, prompts)
     finally:
         local_service.close()
         served_service.close("success")
-        if server is not None:
-            server.stop()
+        for srv, svc in ((other, other_service), (server, None)):
+            if svc is not None:
+                svc.close("success")
+            if srv is not None:
+                srv.stop()
         if thread_server is not None:
             thread_server.shutdown()
             thread_server.server_close()
@@ -224,9 +240,9 @@ def main(argv=None) -> int:
                 close()
     load_after = os.getloadavg()
 
-    local, served = arms
-    diffs = {f"round {i} {key}": max_diff(a[key], b[key], f"round {i}.{key}")
-             for i, (a, b) in enumerate(zip(local.results, served.results)) for key in a}
+    local, served = arms[:2]
+    diffs = {f"{arm.name} round {i} {key}": max_diff(a[key], b[key], f"round {i}.{key}")
+             for arm in arms[1:] for i, (a, b) in enumerate(zip(local.results, arm.results)) for key in a}
     worst = max(diffs.values(), default=0.0)
     if worst > TOL:
         where = ", ".join(f"{k} ({v:.2g})" for k, v in diffs.items() if v > TOL)
@@ -244,12 +260,25 @@ def main(argv=None) -> int:
                f"both arms back to back, so load drift cancels): {'met' if paired <= GOAL else 'NOT met'}, "
                f"{paired:.3f}x (95% bootstrap CI {low:.3f}-{high:.3f}x; ratio of medians {ratio:.3f}x).")
     table = "\n".join(rows) + "\n\n" + verdict
+    if other is not None:
+        third = arms[2]
+        rows = [f"| phase | {third.name} median s | per-round ratio to in-process (95% CI) | per-round ratio to "
+                f"this checkout's ttt serve (95% CI) |", "|---|---|---|---|"]
+        for phase in (*PHASES, CPU_ROW):
+            cells = []
+            for base in (local, served):
+                ratios = [t / x for t, x in zip(third.timings[phase], base.timings[phase])]
+                low, high = bootstrap_ci(ratios)
+                cells.append(f"{statistics.median(ratios):.3f}x ({low:.3f}-{high:.3f})")
+            rows.append(f"| {phase} | {statistics.median(third.timings[phase]):.3f} | {cells[0]} | {cells[1]} |")
+        table += "\n\n" + "\n".join(rows)
     server_desc = ("`ttt serve` in its own process" if args.server == "process"
                    else "`ttt serve` in a thread of the bench process")
     header = (f"Sampler {args.sampler}; {args.datums} datums x 95 tokens (importance_sampling) + optim_step, then "
               f"save_weights_and_get_sampling_client and 2 prompts x 4 samples x 16 tokens. {server_desc}; "
-              f"torch threads {threads} in both arms; {os.cpu_count()} CPUs. {args.rounds} rounds per arm after "
-              f"1 warm-up, interleaved ABBA; medians. Load average before {load_before[0]:.2f}, after "
+              f"torch threads {threads} in all arms; {os.cpu_count()} CPUs. {args.rounds} rounds per arm after "
+              f"1 warm-up, interleaved {'ABBA' if len(arms) == 2 else 'in all orders in turn'}; medians. "
+              f"Load average before {load_before[0]:.2f}, after "
               f"{load_after[0]:.2f} (1 min). Results equal: max |served - in-process| = {worst:.2g} "
               f"(tokens identical). Total-step ratio per round: min {min(per_round):.3f}x, max "
               f"{max(per_round):.3f}x.")
@@ -257,7 +286,9 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).write_text(f"# bench_shim: `ttt serve` vs in-process backend\n\n"
                                   f"`.venv/bin/python bench/bench_shim.py --sampler {args.sampler} --rounds "
-                                  f"{args.rounds} --server {args.server}`\n\n{header}\n\n{table}\n")
+                                  f"{args.rounds} --server {args.server}"
+                                  f"{' --also-serve ' + args.also_serve if args.also_serve else ''}`\n\n"
+                                  f"{header}\n\n{table}\n")
     return 0
 
 
