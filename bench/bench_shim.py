@@ -31,6 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TINKER_TELEMETRY", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tests.tolerances import logprob_tol  # noqa: E402  (after ROOT is on sys.path)
+
 API_KEY = "tml-bench"
 MAX_MODEL_LEN, MAX_LORA_RANK = 512, 8
 PHASES = ("fwd_bwd + optim_step", "save_weights_and_get_sampling_client", "sample (2 prompts x 4)", "total step")
@@ -243,10 +245,16 @@ def main(argv=None) -> int:
     local, served = arms[:2]
     diffs = {f"{arm.name} round {i} {key}": max_diff(a[key], b[key], f"round {i}.{key}")
              for arm in arms[1:] for i, (a, b) in enumerate(zip(local.results, arm.results)) for key in a}
+    # the learner's numbers must match to 1e-6; sampled logprobs only to fp32 rounding: the pool may batch the
+    # two sample requests into one engine call in one arm and two in the other, and at 2+ torch threads a
+    # matmul's rounding depends on the batch shape (measured 4-6e-6). Tokens are compared exactly.
+    tols = {k: logprob_tol([x for r in local.results for g in r["sample_logprobs"] for x in g])
+            if k.endswith("sample_logprobs") else TOL for k in diffs}
+    over = {k: v for k, v in diffs.items() if v > tols[k]}
+    if over:
+        where = ", ".join(f"{k} ({v:.2g} > {tols[k]:.2g})" for k, v in over.items())
+        raise SystemExit(f"bench_shim: served and in-process results differ: {where}")
     worst = max(diffs.values(), default=0.0)
-    if worst > TOL:
-        where = ", ".join(f"{k} ({v:.2g})" for k, v in diffs.items() if v > TOL)
-        raise SystemExit(f"bench_shim: served and in-process results differ by {worst:.3g} > {TOL}: {where}")
     rows = ["| phase | in-process median s | ttt serve median s | served - in-process s | ratio of medians "
             "| median per-round ratio |", "|---|---|---|---|---|---|"]
     for phase in (*PHASES, CPU_ROW):
@@ -279,7 +287,8 @@ def main(argv=None) -> int:
               f"torch threads {threads} in all arms; {os.cpu_count()} CPUs. {args.rounds} rounds per arm after "
               f"1 warm-up, interleaved {'ABBA' if len(arms) == 2 else 'in all orders in turn'}; medians. "
               f"Load average before {load_before[0]:.2f}, after "
-              f"{load_after[0]:.2f} (1 min). Results equal: max |served - in-process| = {worst:.2g} "
+              f"{load_after[0]:.2f} (1 min). Results equal (sampled logprobs to fp32 rounding): max |served - "
+              f"in-process| = {worst:.2g} "
               f"(tokens identical). Total-step ratio per round: min {min(per_round):.3f}x, max "
               f"{max(per_round):.3f}x.")
     print(header + "\n\n" + table)
