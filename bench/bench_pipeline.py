@@ -24,9 +24,9 @@ to 26k tokens with heavy-tailed lengths, a 305 s evaluation timeout; the rest is
 - Time scale: 1 simulated second = 1/`scale` s of wall time (default 800: a 26k-token step samples for 1.6 s).
   The loop's own overhead (PUCT, datums, checkpoints: real) is not scaled.
 Per step the trace also gives the lower bound max(sample, verify, train), with sample = the step's longest
-sequence, verify = max(evaluation seconds / slots, longest evaluation), train = learner + swap. stream trains
-after its last evaluation, so it cannot beat its floor: the end of the last evaluation when every answer starts
-verifying the moment its sequence ends (first come, first served on the slots), plus train. Step 0 of async has
+sequence, verify = max(evaluation seconds / slots, longest evaluation), train = learner + swap. stream cannot beat its
+floor: every answer starts verifying the moment its sequence ends (first come, first served on the slots), each
+group goes to the learner once its last result is known (first come, first served), then the swap. Step 0 of async has
 nothing prefetched, so every mean is over steps 1.. (steady state).
 """
 
@@ -243,25 +243,36 @@ def bounds(trace: Trace, steps: int, tokenizer) -> dict:
         verify = max(sum(evals) / trace.slots, max(evals))
         train = trace.train_s_per_rollout * 64 + trace.swap_s
         rows.append({"sample": sample, "verify": verify, "train": train, "bound": max(sample, verify, train),
-                     "sync_floor": sample + _streamed([(0.0, e) for _, e in finished], trace.slots) + train,
-                     "stream_floor": _streamed(finished, trace.slots) + train})
+                     "sync_floor": sample + max(_known_at([(0.0, e) for _, e in finished], trace.slots)) + train,
+                     "stream_floor": _stream_floor(finished, trace)})
     return {k: float(np.mean([r[k] for r in rows[1:]])) for k in rows[0]}
 
 
-def _streamed(finished: list[tuple[float, float | None]], slots: int) -> float:
-    """When the last evaluation ends if each answer starts verifying the moment its sequence ends (first come,
-    first served on `slots` slots): the least a step that trains after its last evaluation can wait."""
+def _known_at(finished: list[tuple[float, float | None]], slots: int) -> list[float]:
+    """When each answer's result is known if it starts verifying the moment its sequence ends (first come,
+    first served on `slots` slots; a truncated answer is known when it ends)."""
     import heapq
 
     free = [0.0] * slots
-    end = 0.0
-    for t, seconds in sorted(finished, key=lambda f: f[0]):
-        end = max(end, t)
+    known = [0.0] * len(finished)
+    for i in sorted(range(len(finished)), key=lambda i: finished[i][0]):
+        t, seconds = finished[i]
+        known[i] = t
         if seconds is not None:
             start = max(t, heapq.heappop(free))
             heapq.heappush(free, start + seconds)
-            end = max(end, start + seconds)
-    return end
+            known[i] = start + seconds
+    return known
+
+
+def _stream_floor(finished: list[tuple[float, float | None]], trace: "Trace") -> float:
+    """stream's least step time: each group goes to the learner (first come, first served) once its last
+    result is known, then the swap (every group counted as trained: it has a reward spread in this trace)."""
+    known = _known_at(finished, trace.slots)
+    learner = 0.0
+    for end in sorted(max(known[g * 8:(g + 1) * 8]) for g in range(len(known) // 8)):
+        learner = max(learner, end) + trace.train_s_per_rollout * 8
+    return learner + trace.swap_s
 
 
 def steady(records: list[dict]) -> float:
@@ -289,7 +300,7 @@ def main() -> None:
           f"simulated minutes per step")
     print(f"  per step from the trace: sample {b['sample'] / 60:.1f}, verify {b['verify'] / 60:.1f}, train "
           f"{b['train'] / 60:.1f}; bound max(...) {b['bound'] / 60:.1f}; stream floor {b['stream_floor'] / 60:.1f} "
-          "(the last evaluation's end with every answer verified the moment it ends, + train)")
+          "(every answer verified the moment it ends, each group trained once its results are in, + swap)")
     sim = {}
     modes = {"sync": {}, "stream": {}, "async": {}, f"async, prefetch_at={args.prefetch_at:g}":
              {"prefetch_at": args.prefetch_at}}

@@ -136,8 +136,13 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
                                         step_rng_state, out, prefetched.plan if prefetched else None)
         run_state.raise_if(stop, cfg, checkpoints, step - 1, previous_step_state)
 
-        # 3. the last evaluations end (sync: all start now); each is logged as it finishes, logged ones not redone
-        batch.verified()
+        # 3. the last evaluations end (sync: all start now); each is logged as it finishes, logged ones not redone.
+        #    stream/async: each group goes to the learner (forward_backward) the moment its last evaluation ends
+        step_update = (update.StepUpdate(cfg, training, base, len(plan.parents), early=cfg.pipeline != "sync")
+                       if cfg.trains else None)
+        for g, rollouts_K in batch.groups_verified():
+            if step_update is not None:
+                step_update.add_group(g, rollouts_K, np.array([r.result.reward for r in rollouts_K]))
         rewards_G_K = np.array([r.result.reward for r in rollouts]).reshape(len(plan.parents), cfg.group_size)
         t2 = time.perf_counter()
         run_state.raise_if(stop, cfg, checkpoints, step - 1, previous_step_state)
@@ -159,11 +164,9 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
         # 5. advantages -> datums -> one optimizer step -> the sampler serves the new version
         train_stats = M.staleness_stats(rollouts, version)
         t2b = time.perf_counter()
-        if cfg.trains:
-            datums, trained, stats = update.build_datums(cfg, rollouts, rewards_G_K, base)
-            train_stats.update(stats)
-            if datums:
-                train_stats.update(update.train_step(cfg, training, datums, trained, adam, step, version, log))
+        if cfg.trains:  # the step's last datums, one optimizer step, the proof that the sampler served it
+            train_stats.update(step_update.finish(step, version, adam, log))
+            if train_stats.get("trained"):
                 version += 1
         t3 = time.perf_counter()
         if cfg.trains and train_stats.get("trained"):

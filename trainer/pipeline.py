@@ -4,7 +4,9 @@ module runs its rollouts from sampling to the last evaluation.
     sync    sample all G x K, then verify them all: the paper's order, kept for exact reproduction.
     stream  each sequence is its own request and goes to the verifier pool the moment it ends (both phases of
             two-phase sampling done), so verification overlaps sampling and the step trains as soon as its
-            last evaluation ends. A group's sequence k is asked for with the seed group seed + k, which is
+            last evaluation ends; each group goes to the learner (forward_backward) the moment its own last
+            evaluation ends, so only the last group's and optim_step remain after it (gradients accumulate
+            and the loss is a sum: the same update). A group's sequence k is asked for with the seed group seed + k, which is
             what the group request of sync samples on our backends (vLLM's rule for n > 1, followed by our HF
             sampler; the sampling pool batches the single requests and encodes a prompt once): the same
             tokens, rewards and run as sync.
@@ -26,7 +28,7 @@ from __future__ import annotations
 import math
 import shutil
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,16 +172,31 @@ class Batch:
         with self._ended_changed:
             self._ended_changed.wait_for(lambda: self._ended >= need)
 
-    def verified(self) -> list[Rollout]:
-        """Wait until every rollout has its result (sync: verify them all now)."""
+    def groups_verified(self):
+        """Yield (g, group g's rollouts) the moment the group's last evaluation ends (sync: verify them all
+        now, then every group in order)."""
+        K, G = self.pipe.cfg.group_size, len(self.plan.parents)
         if self._sequences is None:
             self._verify_all()
-        else:
-            for future in self._sequences:
-                r, evaluation = future.result()
-                if evaluation is not None:
-                    r.result = evaluation.result()
-        return self.rollouts
+            for g in range(G):
+                yield g, self.rollouts[g * K:(g + 1) * K]
+            return
+        left, evaluations = [K] * G, {}
+        for future in self._sequences:
+            r, evaluation = future.result()
+            if evaluation is None:  # known from the log, or nothing to verify
+                left[r.group] -= 1
+            else:
+                evaluations[evaluation] = r
+        for g in range(G):
+            if left[g] == 0:
+                yield g, self.rollouts[g * K:(g + 1) * K]
+        for evaluation in as_completed(evaluations):
+            r = evaluations[evaluation]
+            r.result = evaluation.result()
+            left[r.group] -= 1
+            if left[r.group] == 0:
+                yield r.group, self.rollouts[r.group * K:(r.group + 1) * K]
 
     # ---- the pieces ----
     def _rollout(self, g: int, k: int, seq: dict) -> Rollout:

@@ -26,61 +26,104 @@ class SamplerMismatch(RuntimeError):
     """The sampler is not serving the adapter the learner trained."""
 
 
-def build_datums(cfg: TrainConfig, rollouts: list[Rollout], rewards_G_K: np.ndarray,
-                 base) -> tuple[list, list[Rollout], dict]:
-    """Constant groups carry no signal and are dropped (the last one is kept if all are, as TTT-Discover)."""
-    G, K = rewards_G_K.shape
-    mixed = [g for g in range(G) if not np.all(rewards_G_K[g] == rewards_G_K[g, 0])]
-    stats = {"frac_mixed": len(mixed) / G}
-    if cfg.mode == "expert_iteration":
-        chosen = []
-        for g in range(G):
-            valid = [r for r in rollouts[g * K:(g + 1) * K] if r.result.ok]
-            chosen += sorted(valid, key=lambda r: -r.result.reward)[:cfg.expert_top_k]
-        stats["imitated"] = len(chosen)
-        return [imitation_datum(r.prompt_tokens, r.tokens, r.mask) for r in chosen], chosen, stats
-    keep = mixed or [G - 1]
-    trained, advantages, betas = [], [], []
-    for g in keep:
-        advantages_K, beta = compute_advantages(rewards_G_K[g], cfg.advantage, cfg.advantage_beta)
-        betas.append(beta)
-        for r, a in zip(rollouts[g * K:(g + 1) * K], advantages_K):
-            trained.append(r)
-            advantages.append(np.full(len(r.tokens), float(a)))
-    stats.update(M.beta_stats(betas))
-    if base is not None:
-        futures = [base.compute_logprobs(types.ModelInput.from_ints(r.prompt_tokens + r.tokens)) for r in trained]
-        base_lps = [np.asarray(f.result()[len(r.prompt_tokens):], dtype=np.float64)
-                    for f, r in zip(futures, trained)]
-        advantages, stats["kl_sampler_base"] = fold_kl_penalty(
-            advantages, [r.logprobs for r in trained], base_lps, [r.mask for r in trained], cfg.kl_coef)
-    datums = [rollout_datum(r.prompt_tokens, r.tokens, r.logprobs, a.tolist(), r.mask)
-              for r, a in zip(trained, advantages)]
-    return datums, trained, stats
+class StepUpdate:
+    """One step's policy update, fed group by group as each group's evaluations end. Constant groups carry no
+    signal and are dropped (the last one is kept if all are, as TTT-Discover). With `early` (pipeline stream and
+    async) each group's datums go to forward_backward at once, so the learner works while the step's last
+    answers are still verified; gradients accumulate until optim_step and the loss is a sum, so it is the same
+    update up to float summation order. KL shaping needs the whole step's mean KL: with kl_coef > 0 every
+    datum waits for the last group, as with sync, which sends one forward_backward in group order."""
 
+    def __init__(self, cfg: TrainConfig, training, base, groups: int, early: bool):
+        self.cfg, self.training, self.base, self.G = cfg, training, base, groups
+        self.early = early and base is None
+        self.loss_fn = "cross_entropy" if cfg.mode == "expert_iteration" else cfg.loss_fn
+        self.config = dict(cfg.loss_fn_config)
+        if cfg.temperature != 1.0:  # the learner replays the sampling temperature (expert iteration imitates it)
+            self.config["temperature"] = cfg.temperature
+        self.groups: dict[int, tuple[list[Rollout], np.ndarray]] = {}
+        self.waiting: list[tuple[list[Rollout], list[np.ndarray] | None]] = []  # (rollouts, advantages | imitate)
+        self.sent: list[tuple[object, list[Rollout], list]] = []  # (forward_backward future, rollouts, datums)
+        self.mixed, self.betas, self.imitated = 0, [], 0
+        self.stats: dict = {}
 
-def train_step(cfg: TrainConfig, training, datums: list, trained: list[Rollout], adam, step: int, version: int,
-               log) -> dict:
-    """One forward_backward + optim_step; the learner's logprobs of the sampled tokens must equal the
-    sampler's (both losses return them), else the sampler was not serving adapter v`version`."""
-    loss_fn = "cross_entropy" if cfg.mode == "expert_iteration" else cfg.loss_fn
-    config = dict(cfg.loss_fn_config)
-    if cfg.temperature != 1.0:  # the learner replays the sampling temperature (expert iteration imitates it too)
-        config["temperature"] = cfg.temperature
-    fb_future = training.forward_backward(datums, loss_fn, config or None)
-    optim_future = training.optim_step(adam)  # queued behind forward_backward, as the SDK pipelines them
-    fb, optim = fb_future.result(), optim_future.result()
-    stats = {"trained": True, "loss": fb.metrics.get("loss:sum"), "datums": len(datums),
-             "tokens_trained": int(sum(d.model_input.length for d in datums)),
-             "grad_norm": (optim.metrics or {}).get("grad_norm:mean")}
-    fresh = [r.version == version for r in trained]  # async: older samplers differ by the updates since
-    if any(fresh):
-        deltas = M.sampler_learner_deltas(fb, trained, fresh)
-        stats["mismatch_mean"], stats["mismatch_max"] = float(deltas.mean()), float(deltas.max())
-        check(cfg, stats["mismatch_max"], f"step {step}: sampler and learner logprobs", version, log)
-    if not all(fresh):  # how far the policy moved since those were sampled (the probe proves serving then)
-        stats["stale_mismatch_mean"] = float(M.sampler_learner_deltas(fb, trained, [not f for f in fresh]).mean())
-    return stats
+    def add_group(self, g: int, rollouts_K: list[Rollout], rewards_K: np.ndarray) -> None:
+        self.groups[g] = (rollouts_K, rewards_K)
+        if self.cfg.mode == "expert_iteration":
+            chosen = sorted([r for r in rollouts_K if r.result.ok], key=lambda r: -r.result.reward)
+            chosen = chosen[:self.cfg.expert_top_k]
+            self.imitated += len(chosen)
+            if chosen:
+                self._queue(chosen, None)
+        elif not np.all(rewards_K == rewards_K[0]):
+            self.mixed += 1
+            self._queue_advantaged(rollouts_K, rewards_K)
+
+    def finish(self, step: int, version: int, adam, log) -> dict:
+        """The step's last datums, one optim_step, and the check that the sampler served adapter v`version`:
+        the learner's logprobs of the sampled tokens must equal the sampler's (both losses return them)."""
+        if self.cfg.mode != "expert_iteration" and self.mixed == 0 and self.G - 1 in self.groups:
+            self._queue_advantaged(*self.groups[self.G - 1])
+        self._send()
+        stats = {"frac_mixed": self.mixed / self.G, **self.stats}
+        if self.cfg.mode == "expert_iteration":
+            stats["imitated"] = self.imitated
+        else:
+            stats.update(M.beta_stats(self.betas))
+        if not self.sent:
+            return stats
+        optim = self.training.optim_step(adam).result()  # queued behind every forward_backward, as the SDK does
+        outputs = [future.result() for future, _, _ in self.sent]
+        trained = [r for _, rollouts, _ in self.sent for r in rollouts]
+        datums = [d for _, _, batch in self.sent for d in batch]
+        fb = types.ForwardBackwardOutput(loss_fn_output_type=outputs[0].loss_fn_output_type, metrics={},
+                                         loss_fn_outputs=[x for o in outputs for x in o.loss_fn_outputs])
+        losses = [o.metrics.get("loss:sum") for o in outputs]
+        stats.update({"trained": True, "loss": None if None in losses else float(sum(losses)),
+                      "datums": len(datums), "tokens_trained": int(sum(d.model_input.length for d in datums)),
+                      "grad_norm": (optim.metrics or {}).get("grad_norm:mean")})
+        fresh = [r.version == version for r in trained]  # async: older samplers differ by the updates since
+        if any(fresh):
+            deltas = M.sampler_learner_deltas(fb, trained, fresh)
+            stats["mismatch_mean"], stats["mismatch_max"] = float(deltas.mean()), float(deltas.max())
+            check(self.cfg, stats["mismatch_max"], f"step {step}: sampler and learner logprobs", version, log)
+        if not all(fresh):  # how far the policy moved since those were sampled (the probe proves serving then)
+            stats["stale_mismatch_mean"] = float(M.sampler_learner_deltas(fb, trained, [not f for f in fresh]).mean())
+        return stats
+
+    # ---- the pieces ----
+    def _queue_advantaged(self, rollouts_K: list[Rollout], rewards_K: np.ndarray) -> None:
+        advantages_K, beta = compute_advantages(rewards_K, self.cfg.advantage, self.cfg.advantage_beta)
+        self.betas.append(beta)
+        self._queue(rollouts_K, [np.full(len(r.tokens), float(a)) for r, a in zip(rollouts_K, advantages_K)])
+
+    def _queue(self, rollouts: list[Rollout], advantages: list[np.ndarray] | None) -> None:
+        self.waiting.append((rollouts, advantages))
+        if self.early:
+            self._send()
+
+    def _send(self) -> None:
+        """One forward_backward for everything waiting (KL shaping first, over all of it)."""
+        if not self.waiting:
+            return
+        trained = [r for rollouts, _ in self.waiting for r in rollouts]
+        if self.cfg.mode == "expert_iteration":
+            datums = [imitation_datum(r.prompt_tokens, r.tokens, r.mask) for r in trained]
+        else:
+            advantages = [a for _, advantages in self.waiting for a in advantages]
+            if self.base is not None:
+                futures = [self.base.compute_logprobs(types.ModelInput.from_ints(r.prompt_tokens + r.tokens))
+                           for r in trained]
+                base_lps = [np.asarray(f.result()[len(r.prompt_tokens):], dtype=np.float64)
+                            for f, r in zip(futures, trained)]
+                advantages, self.stats["kl_sampler_base"] = fold_kl_penalty(
+                    advantages, [r.logprobs for r in trained], base_lps, [r.mask for r in trained],
+                    self.cfg.kl_coef)
+            datums = [rollout_datum(r.prompt_tokens, r.tokens, r.logprobs, a.tolist(), r.mask)
+                      for r, a in zip(trained, advantages)]
+        self.waiting = []
+        future = self.training.forward_backward(datums, self.loss_fn, self.config or None)
+        self.sent.append((future, trained, datums))
 
 
 def probe_tokens(cfg, tokenizer, inst: Instance) -> list[int]:
