@@ -3,7 +3,7 @@
 The HF sampler decodes coalesced requests in one left-padded batch, so a prompt's logprobs depend on what it
 was batched with in the last bits (attention reduces over the padded width); which requests coalesce depends
 on when they arrive. Two runs then agree on every token, reward, buffer and best, and on losses, logprobs and
-weights to ~1e-6 of their size.
+weights to ~1e-6 of their size (trained weights to REL_ADAM: Adam amplifies the rounding).
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ import math
 import torch
 
 REL = 1e-5
+# Trained weights after a few Adam steps: Adam divides each gradient by sqrt(v), so the rounding of small
+# gradients is amplified (measured 6.5e-5 of a tensor's scale after 3 steps when two runs batched their sampling
+# requests differently); discrete results must still be equal.
+REL_ADAM = 5e-4
 
 
 def _close(a, b) -> bool:

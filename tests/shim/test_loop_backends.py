@@ -5,7 +5,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from tests.run_compare import assert_same_records, assert_same_tensors
+from tests.run_compare import REL_ADAM, assert_same_records, assert_same_tensors
 from tests.shim.conftest import API_KEY
 from trainer.checkpoint import read_checkpoint
 from trainer.config import compose
@@ -37,4 +37,4 @@ def test_loop_on_local_and_on_ttt_serve_gives_equal_results(tiny_model_path, hf_
     for name in ("adapter/adapter_model.safetensors", "state.safetensors"):
         a = load_file(str(Path(state_local["local_training_dir"]) / name))
         b = load_file(str(served_dir / name))
-        assert_same_tensors(a, b, name)
+        assert_same_tensors(a, b, name, REL_ADAM)  # which requests share an engine call differs run to run
