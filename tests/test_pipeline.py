@@ -15,7 +15,6 @@ import pytest
 
 from envs.base import Env, State, VerifyResult
 from envs.pool import VerifierPool
-from tests.run_compare import REL_ADAM
 from tests.test_resume import _finish, _lines, _same_run, _train, _wait_for
 from trainer.config import compose
 from trainer.loop import run
@@ -51,9 +50,10 @@ def test_stream_is_the_same_run_as_sync(tmp_path, two_phase):
     # stream sends each sequence as its own request, from its own thread: on a loaded machine they may reach
     # the engine in two calls instead of one, with other batch-mates (and padding) than sync's group requests,
     # so their sampled logprobs differ at fp32 rounding (~1e-6), and each group's forward_backward comes as its
-    # evaluations end (gradients summed in another order); Adam amplifies that (tests/run_compare.py REL_ADAM).
+    # evaluations end (gradients summed in another order); Adam amplifies that, so _same_run compares weights at
+    # tests/run_compare.py's REL_ADAM.
     # Discrete results (tokens, rewards, buffer, best, every rollout) must still be equal.
-    _same_run(tmp_path / "sync", tmp_path / "stream", weights_rel=REL_ADAM)
+    _same_run(tmp_path / "sync", tmp_path / "stream")
     assert all(r["staleness_max"] == 0 and r["mismatch_max"] < 1e-4 for r in records)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.run_compare import REL, assert_same_records, assert_same_tensors
+from tests.run_compare import REL_ADAM, assert_same_records, assert_same_tensors
 from trainer.checkpoint import read_checkpoint
 from trainer.report import read_jsonl
 
@@ -51,7 +51,7 @@ def _lines(path: Path, step: int) -> int:
 
 
 
-def _same_run(a: Path, b: Path, weights_rel: float = REL) -> None:
+def _same_run(a: Path, b: Path, weights_rel: float = REL_ADAM) -> None:
     assert_same_records(read_jsonl(a / "metrics.jsonl"), read_jsonl(b / "metrics.jsonl"))  # tests/run_compare.py
     state_a, state_b = read_checkpoint(a), read_checkpoint(b)
     for key in ("step", "version", "best", "buffers", "curriculum", "groups"):
