@@ -38,9 +38,11 @@ class HFSampler:
         self.policy = None  # the model that serves `version`
         self._merged: MergedModel | None = None
         self._peft = None  # PeftModel over a copy of the base, with one adapter at a time
+        self._closed = False
 
     def close(self) -> None:
-        pass
+        """A call decoding now stops at its next token (raises), so a process can exit without waiting for it."""
+        self._closed = True
 
     def get_tokenizer(self):
         return self.tokenizer
@@ -162,6 +164,8 @@ class HFSampler:
         texts: dict[int, str] = {}  # row -> text cut at a stop string
         reported: set[int] = set()  # prompts already handed to on_result
         for t in range(params.max_tokens):
+            if self._closed:
+                raise RuntimeError("the HF sampler was closed while sampling")
             logp_BV = self._processed_logprobs(logits_BV, params)
             next_B = self._draw(logp_BV, gens)
             next_B = torch.where(done_B, self.pad_id, next_B)

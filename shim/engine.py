@@ -253,6 +253,20 @@ class Engine:
                include_prompt_logprobs: bool = False):
         """-> (list[inference SampledSequence], prompt logprobs or None). `params`: Tinker SamplingParams
         fields (max_tokens None = rest of the context; stop None = EOS)."""
+        return self.submit_sample(sampling_id, prompt, num_samples, params, include_prompt_logprobs).result()
+
+    def submit_sample(self, sampling_id: str, prompt: Sequence[int], num_samples: int, params: dict,
+                      include_prompt_logprobs: bool = False) -> Future:
+        """sample() as a future, with no thread waiting on it (a step's G x K single requests at once); bad
+        input fails the future, as it would fail the call."""
+        try:
+            return self._submit_sample(sampling_id, prompt, num_samples, params, include_prompt_logprobs)
+        except Exception as e:  # noqa: BLE001  (handed to the caller through the future)
+            failed: Future = Future()
+            failed.set_exception(e)
+            return failed
+
+    def _submit_sample(self, sampling_id, prompt, num_samples, params, include_prompt_logprobs):
         _, target = self.sampling_session(sampling_id)
         prompt = [int(t) for t in prompt]
         max_tokens = params.get("max_tokens")
@@ -264,4 +278,4 @@ class Engine:
             top_k=int(params.get("top_k") if params.get("top_k") is not None else -1),
             stop=[stop] if isinstance(stop, str) else (list(stop) if stop else None),
             seed=None if params.get("seed") is None else int(params["seed"]))
-        return self.pool.sample(target, prompt, int(num_samples), sp, bool(include_prompt_logprobs))
+        return self.pool.submit(target, prompt, int(num_samples), sp, bool(include_prompt_logprobs))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from tinker import types
@@ -35,8 +34,6 @@ class LocalServiceClient:
         self._model_seq = itertools.count(0)
         self._sampling_seq = itertools.count(0)
         self._lock = threading.Lock()
-        # enough threads that a loop's G concurrent sample requests reach the pool together (and coalesce)
-        self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="shim-local-sample")
 
     def _next(self, counter) -> int:
         with self._lock:
@@ -85,7 +82,6 @@ class LocalServiceClient:
 
     def close(self, status: str = "success", detail: str | None = None) -> None:
         self.engine.finish_session(self.session_id)
-        self.executor.shutdown(wait=False)
 
     def __enter__(self) -> "LocalServiceClient":
         return self
@@ -194,8 +190,8 @@ class LocalSamplingClient:
         tokens = list(prompt.to_ints())
         params = sampling_params.model_dump()
         ids = [f"{self.sampling_session_id}:{seq}:{i}" for i in range(num_samples)]
-        inner = self.service.executor.submit(self.engine.sample, self.sampling_session_id, tokens, num_samples,
-                                             params, include_prompt_logprobs)
+        inner = self.engine.submit_sample(self.sampling_session_id, tokens, num_samples, params,
+                                          include_prompt_logprobs)  # no thread waits per request
         return ShimFuture(inner, lambda r: sdk_results.sample_response(r[0], r[1], ids))
 
     def compute_logprobs(self, prompt: types.ModelInput) -> ShimFuture[list[float | None]]:

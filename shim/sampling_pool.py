@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from contextlib import contextmanager
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
@@ -38,18 +38,18 @@ class SamplingTarget:
         return self.adapter_dir, self.stamp
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     target: SamplingTarget
     prompt: list[int]
     num_samples: int
     params: SamplingParams
-    done: threading.Event = field(default_factory=threading.Event)
-    result: list[SampledSequence] | None = None
-    error: BaseException | None = None
+    prompt_logprobs: bool = False
+    future: Future = field(default_factory=Future)  # -> (sequences, prompt logprobs or None)
 
     def joins(self, other: "_Request") -> bool:
         return (self.target is other.target and self.num_samples == other.num_samples
+                and not self.prompt_logprobs and not other.prompt_logprobs
                 and replace(self.params, seed=None) == replace(other.params, seed=None))
 
 
@@ -59,9 +59,9 @@ class SamplingPool:
         self._streams = "on_result" in inspect.signature(sampler.sample).parameters
         self.max_model_len = getattr(sampler, "max_model_len", None)
         self._lock = threading.Lock()  # the engine
-        self._changed = threading.Condition()  # notified when a request is answered or the engine comes free
         self._queued: list[_Request] = []
         self._queue_lock = threading.Lock()
+        self._runner: threading.Thread | None = None  # makes the engine calls while requests are queued
         self.engine_calls = 0  # sampler.sample calls made (coalescing shows as fewer calls than requests)
         self._loaded_key: tuple[str | None, int] | None = None
         self._version = 0
@@ -86,44 +86,46 @@ class SamplingPool:
 
     def sample(self, target: SamplingTarget, prompt: Sequence[int], num_samples: int, params: SamplingParams,
                prompt_logprobs: bool) -> tuple[list[SampledSequence], list[float | None] | None]:
+        return self.submit(target, prompt, num_samples, params, prompt_logprobs).result()
+
+    def submit(self, target: SamplingTarget, prompt: Sequence[int], num_samples: int, params: SamplingParams,
+               prompt_logprobs: bool = False) -> Future:
+        """Queue one request; its future holds (sequences, prompt logprobs or None). No thread waits per
+        request: one runner thread makes the engine calls while requests are queued, each call batching every
+        queued request that joins the oldest, and answers each the moment its own sequences end."""
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if not prompt:
             raise ValueError("prompt is empty")
-        if prompt_logprobs:
-            with self._engine():
-                version = self._activate(target)
-                self.engine_calls += 1
-                seqs = self.sampler.sample([list(prompt)], num_samples, params, [params.seed], version=version)[0]
-                return seqs, self.sampler.compute_logprobs(list(prompt), version=version)
-        request = _Request(target, list(prompt), num_samples, params)
+        request = _Request(target, list(prompt), num_samples, params, prompt_logprobs)
         with self._queue_lock:
             self._queued.append(request)
-        # wait for the answer, or for the engine to come free with nobody having taken this request: then lead
-        # a batch, run on its own thread, which frees the engine when the call ends. Nobody blocks on the
-        # engine: a request in a running batch is answered when its own sequences end, the leader's too.
-        while not request.done.is_set():
-            held = False
-            with self._changed:
-                while not request.done.is_set():
-                    if self._lock.acquire(blocking=False):
-                        held = True
-                        break
-                    self._changed.wait(1.0)  # woken by an answer or a freed engine; the timeout: a safety net
-            if held and request.done.is_set():  # answered by the call that freed the engine
-                self._free_engine()
-            elif held:
-                self._settle()
-                threading.Thread(target=self._run, args=(self._take_batch(request),), daemon=True,
-                                 name="sampling-engine").start()
-        if request.error is not None:
-            raise request.error
-        return request.result, None
+            if self._runner is None:
+                # not a daemon: a request is answered while its engine call may still finish other rows, and
+                # the interpreter must not tear torch down under that call at exit (an abort: "terminate
+                # called without an active exception"). It ends when the queue is empty; a sampler's close()
+                # ends a call in flight.
+                self._runner = threading.Thread(target=self._run_queue, name="sampling-engine")
+                self._runner.start()
+        return request.future
+
+    def _run_queue(self) -> None:
+        while True:
+            self._settle()
+            with self._queue_lock:
+                if not self._queued:
+                    self._runner = None
+                    return
+                leader = self._queued[0]
+                batch = [r for r in self._queued if r is leader or r.joins(leader)]
+                self._queued = [r for r in self._queued if not any(r is b for b in batch)]
+            with self._lock:
+                self._run(batch)
 
     def _settle(self) -> None:
-        """Requests sent together (G groups from one loop step) reach the pool over a few milliseconds, on
-        different threads: wait until no new one has arrived for SETTLE_S (at most SETTLE_MAX_S), so that
-        the first does not run alone and leave the rest for a second engine call."""
+        """Requests sent together (G x K sequences from one loop step) reach the pool over a few milliseconds:
+        wait until no new one has arrived for SETTLE_S (at most SETTLE_MAX_S), so that the first does not run
+        alone and leave the rest for a second engine call."""
         deadline = time.monotonic() + SETTLE_MAX_S
         seen = len(self._queued)
         while time.monotonic() < deadline:
@@ -134,52 +136,33 @@ class SamplingPool:
                 return
             seen = now
 
-    def _take_batch(self, leader: _Request) -> list[_Request]:
-        with self._queue_lock:
-            batch = [r for r in self._queued if r is leader or r.joins(leader)]
-            self._queued = [r for r in self._queued if r not in batch]
-        return batch
-
     def _run(self, batch: list[_Request]) -> None:
-        """One engine call for `batch`, on the engine lock its leader acquired; frees it when done."""
+        """One engine call for `batch` (the engine lock held)."""
         leader = batch[0]
         try:
             version = self._activate(leader.target)
             self.engine_calls += 1
-            stream = {"on_result": lambda p, seqs: self._deliver(batch[p], seqs)} if self._streams else {}
+            if leader.prompt_logprobs:  # alone in its call
+                seqs = self.sampler.sample([leader.prompt], leader.num_samples, leader.params, [leader.params.seed],
+                                           version=version)[0]
+                _answer(leader, (seqs, self.sampler.compute_logprobs(leader.prompt, version=version)))
+                return
+            stream = {"on_result": lambda p, seqs: _answer(batch[p], (seqs, None))} if self._streams else {}
             groups = self.sampler.sample([r.prompt for r in batch], leader.num_samples, leader.params,
                                          [r.params.seed for r in batch], version=version, **stream)
             for r, seqs in zip(batch, groups):
-                r.result = seqs
+                _answer(r, (seqs, None))
         except BaseException as e:  # every request of the batch not yet answered gets the engine's error
             for r in batch:
-                if not r.done.is_set():
-                    r.error = e
-        finally:
-            for r in batch:
-                r.done.set()
-            self._free_engine()  # after the answers: a thread that finds the engine free finds its request done
-
-    @contextmanager
-    def _engine(self):
-        with self._lock:
-            yield
-        self._notify()
-
-    def _free_engine(self) -> None:
-        self._lock.release()
-        self._notify()
-
-    def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
-
-    def _deliver(self, request: _Request, seqs: list[SampledSequence]) -> None:
-        request.result = seqs
-        request.done.set()
-        self._notify()
+                if not r.future.done():
+                    r.future.set_exception(e)
 
     def compute_logprobs(self, target: SamplingTarget, tokens: Sequence[int]) -> list[float | None]:
-        with self._engine():
+        with self._lock:
             version = self._activate(target)
             return self.sampler.compute_logprobs(list(tokens), version=version)
+
+
+def _answer(request: _Request, result) -> None:
+    if not request.future.done():
+        request.future.set_result(result)

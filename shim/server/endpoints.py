@@ -339,12 +339,13 @@ class TinkerApi:
         key = None if seq_id is None else (sampling_id, seq_id)
         ids = [f"{sampling_id}:{seq_id}:{i}" for i in range(num_samples)]
 
-        def sample():
-            result = self.engine.sample(sampling_id, prompt, num_samples, params, prompt_logprobs)
-            self.metrics.tokens_sampled.inc(sum(len(s.tokens) for s in result[0]))
-            return result
+        def sample():  # no thread waits per request: a step's single-sequence requests all reach the pool
+            future = self.engine.submit_sample(sampling_id, prompt, num_samples, params, prompt_logprobs)
+            future.add_done_callback(lambda f: f.exception() is None and self.metrics.tokens_sampled.inc(
+                sum(len(s.tokens) for s in f.result()[0])))
+            return future
 
-        return self._start(r, key, lambda: self._background(sample),
+        return self._start(r, key, sample,
                            lambda res, proto: we.sample(res[0], res[1], proto), {"sample_sequence_ids": ids})
 
 

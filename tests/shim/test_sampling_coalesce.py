@@ -81,3 +81,21 @@ def test_a_request_is_answered_when_its_own_sequences_end_not_the_whole_call():
     for t in threads:
         t.join(10)
     assert len(answers) == 3 and pool.engine_calls == 1
+
+
+def test_a_steps_single_sequence_requests_reach_the_engine_together(hf_engine, monkeypatch):
+    """pipeline=stream sends G x K single requests; none waits on a thread of its own, so all of them reach the
+    pool and share one engine call (a client thread pool of 32 used to split 64 into two calls)."""
+    import shim.sampling_pool as sampling_pool
+
+    monkeypatch.setattr(sampling_pool, "SETTLE_S", 0.2)  # a loaded machine must not split the burst
+    service = make_service_client("local", engine=hf_engine)
+    training = service.create_lora_training_client(base_model="tiny", rank=4, seed=2).result()
+    sampling = training.save_weights_and_get_sampling_client().result()
+    calls = hf_engine.pool.engine_calls
+    futures = [sampling.sample(types.ModelInput.from_ints([1, 87, 85, 71 + i % 8]), 1,
+                               types.SamplingParams(max_tokens=4, seed=1000 + i, temperature=1.0))
+               for i in range(64)]
+    assert all(len(f.result().sequences) == 1 for f in futures)
+    assert hf_engine.pool.engine_calls - calls == 1
+    service.close()
