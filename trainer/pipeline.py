@@ -3,13 +3,12 @@ module runs its rollouts from sampling to the last evaluation.
 
     sync    sample all G x K, then verify them all: the paper's order, kept for exact reproduction.
     stream  each sequence is its own request and goes to the verifier pool the moment it ends (both phases of
-            two-phase sampling done), so verification overlaps sampling and the step trains as soon as its
-            last evaluation ends; each group goes to the learner (forward_backward) the moment its own last
-            evaluation ends, so only the last group's and optim_step remain after it (gradients accumulate
-            and the loss is a sum: the same update). A group's sequence k is asked for with the seed group seed + k, which is
-            what the group request of sync samples on our backends (vLLM's rule for n > 1, followed by our HF
-            sampler; the sampling pool batches the single requests and encodes a prompt once): the same
-            tokens, rewards and run as sync.
+            two-phase sampling done), so verification overlaps sampling; each group goes to the learner
+            (forward_backward) the moment its own last evaluation ends, so only the last group's and
+            optim_step remain after it (gradients accumulate and the loss is a sum: the same update). A
+            group's sequence k is asked for with the seed group seed + k, which is what the group request of
+            sync samples on our backends (vLLM's rule for n > 1, followed by our HF sampler; the sampling pool
+            batches the single requests and encodes a prompt once): the same tokens, rewards and run as sync.
     async   as stream, and the next step's batch starts sampling as soon as this step's sampling ends (or,
             with prefetch_at < 1, once that share of its sequences has ended), while this step verifies and
             trains. Its rollouts come from the adapter one version behind the one they
@@ -38,7 +37,8 @@ from tinker import types
 from envs.base import VerifyResult
 from trainer import metrics as M
 from trainer.checkpoint import RolloutLog
-from trainer.rollouts import Rollout, group_seed, render_prompt, sample_groups, sample_sequence, unverifiable
+from trainer.rollouts import (Rollout, finish_sequence, group_seed, render_prompt, request_sequence, sample_groups,
+                              unverifiable)
 from trainer.state_sampler import Node
 
 
@@ -140,8 +140,12 @@ class Batch:
         self._ended_changed = threading.Condition()
         self._sequences: list[Future] | None = None
         if cfg.pipeline != "sync":  # every sequence samples and goes to the verifier on its own thread
-            self._sequences = [_in_thread(self._sample_and_verify, g, k)
-                               for g in range(len(plan.parents)) for k in range(cfg.group_size)]
+            # the requests go out now, in one burst from this thread, so the engine batches them the same way
+            # in every run (threads starting on a loaded machine would trickle them in)
+            requested = [(g, k, request_sequence(client, self.prompts_G[g], k, pipe.params, self.seeds_G[g],
+                                                 thinking_budget=cfg.thinking_budget))
+                         for g in range(len(plan.parents)) for k in range(cfg.group_size)]
+            self._sequences = [_in_thread(self._sample_and_verify, g, k, future) for g, k, future in requested]
 
     def sampled(self) -> list[Rollout]:
         """Wait until every sequence is sampled (sync: sample them now); rollouts in group order."""
@@ -203,10 +207,10 @@ class Batch:
         return Rollout(group=g, index=g * self.pipe.cfg.group_size + k, parent_id=self.plan.parents[g].id,
                        prompt_tokens=self.prompts_G[g], version=self.plan.version, **seq)
 
-    def _sample_and_verify(self, g: int, k: int) -> tuple[Rollout, Future | None]:
+    def _sample_and_verify(self, g: int, k: int, requested) -> tuple[Rollout, Future | None]:
         cfg = self.pipe.cfg
         try:
-            seq = sample_sequence(self.client, self.prompts_G[g], k, self.pipe.params, self.seeds_G[g],
+            seq = finish_sequence(self.client, requested, self.prompts_G[g], k, self.pipe.params, self.seeds_G[g],
                                   self.pipe.tokenizer, thinking_budget=cfg.thinking_budget,
                                   final_budget=cfg.final_budget, prefill_tokens=self.pipe.prefill)
         finally:  # a failed request counts as ended: its error surfaces in sampled()

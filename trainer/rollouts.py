@@ -77,15 +77,22 @@ def sample_groups(client, prompts_G: Sequence[list[int]], group_size: int, param
     return groups
 
 
-def sample_sequence(client, prompt: list[int], k: int, params: types.SamplingParams, seed: int, tokenizer, *,
-                    thinking_budget: int = 0, final_budget: int = 0, prefill_tokens: Sequence[int] = ()) -> dict:
-    """Sequence k of a group seeded `seed`, both phases, on its own (pipeline=stream/async: it goes to the
-    verifier the moment it ends, not when its group's longest sequence does). A single request seeded
-    seed + k samples what the group request's k-th sequence would (vLLM's rule; our HF sampler's too), so
-    the same tokens as sample_groups on our backends; Tinker's cloud does not promise that rule."""
+def request_sequence(client, prompt: list[int], k: int, params: types.SamplingParams, seed: int, *,
+                     thinking_budget: int = 0):
+    """The first-phase request of sequence k of a group seeded `seed`, sent now (a future). A single request
+    seeded seed + k samples what the group request's k-th sequence would (vLLM's rule; our HF sampler's too),
+    so the same tokens as sample_groups on our backends; Tinker's cloud does not promise that rule."""
     first = params.model_copy(update={"max_tokens": thinking_budget}) if thinking_budget > 0 else params
-    seq = _sequences(client.sample(types.ModelInput.from_ints(list(prompt)), 1,
-                                   first.model_copy(update={"seed": seed + k})).result())[0]
+    return client.sample(types.ModelInput.from_ints(list(prompt)), 1, first.model_copy(update={"seed": seed + k}))
+
+
+def finish_sequence(client, requested, prompt: list[int], k: int, params: types.SamplingParams, seed: int,
+                    tokenizer, *, thinking_budget: int = 0, final_budget: int = 0,
+                    prefill_tokens: Sequence[int] = ()) -> dict:
+    """Sequence k once its first-phase request (`requested`) is back: the final-answer phase if it hit the
+    thinking budget, then the decoded answer (pipeline=stream/async: it goes to the verifier the moment it
+    ends, not when its group's longest sequence does)."""
+    seq = _sequences(requested.result())[0]
     if thinking_budget > 0 and seq["stop_reason"] == "length":
         final = _final_request(client, prompt, seq, k, params, seed, final_budget, prefill_tokens)
         _join_final(seq, final.result().sequences[0], prefill_tokens)
