@@ -162,7 +162,7 @@ class HFSampler:
         done_B = torch.zeros(P * n, dtype=torch.bool, device=self.device)
         length_B = torch.full((P * n,), params.max_tokens, dtype=torch.long, device=self.device)
         texts: dict[int, str] = {}  # row -> text cut at a stop string
-        reported: set[int] = set()  # prompts already handed to on_result
+        reported: dict[int, list[SampledSequence]] = {}  # prompts already handed to on_result
         for t in range(params.max_tokens):
             if self._closed:
                 raise RuntimeError("the HF sampler was closed while sampling")
@@ -184,17 +184,21 @@ class HFSampler:
                 break
             if on_result is not None and bool(finished_B.any()):
                 for p in self._newly_done(done_B, finished_B, n):
-                    reported.add(p)
-                    on_result(p, self._group(p, n, tokens_BT, logprobs_BT, done_B, length_B, texts, version))
+                    reported[p] = self._group(p, n, tokens_BT, logprobs_BT, done_B, length_B, texts, version)
+                    on_result(p, reported[p])
             mask_BL = torch.cat([mask_BL, torch.ones_like(mask_BL[:, :1])], dim=1)
             position_B1 = position_B1 + 1
             out = model(input_ids=next_B[:, None], attention_mask=mask_BL, position_ids=position_B1,
                         past_key_values=past, use_cache=True)
             past, logits_BV = out.past_key_values, out.logits[:, -1]
 
-        results = [self._group(p, n, tokens_BT, logprobs_BT, done_B, length_B, texts, version) for p in range(P)]
-        for p in range(P):
-            if on_result is not None and p not in reported:
+        results = []
+        for p in range(P):  # a reported prompt's rows stopped growing when it was reported
+            if p in reported:
+                results.append(reported[p])
+                continue
+            results.append(self._group(p, n, tokens_BT, logprobs_BT, done_B, length_B, texts, version))
+            if on_result is not None:
                 on_result(p, results[p])
         return results
 

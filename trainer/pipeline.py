@@ -168,9 +168,8 @@ class Batch:
         return self.rollouts
 
     def wait_sampled(self, share: float) -> None:
-        """Wait until `share` of the sequences have ended (sync: all of them, sampled now)."""
+        """Wait until `share` of the sequences have ended (sync: nothing is in flight; sampled() samples)."""
         if self._sequences is None:
-            self.sampled()
             return
         need = math.ceil(share * len(self._sequences))
         with self._ended_changed:

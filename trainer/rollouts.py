@@ -57,7 +57,7 @@ def sample_groups(client, prompts_G: Sequence[list[int]], group_size: int, param
                   prefill_tokens: Sequence[int] = (), progress: Any = None) -> list[list[dict]]:
     """-> per group, K dicts {tokens, logprobs, mask, text, stop_reason}. All groups are in flight at once;
     the final phases start once every first phase is back (pipeline=sync: the paper's order)."""
-    first = params.model_copy(update={"max_tokens": thinking_budget}) if thinking_budget > 0 else params
+    first = _first_phase(params, thinking_budget)
     futures = [client.sample(types.ModelInput.from_ints(list(p)), group_size, first.model_copy(update={"seed": s}))
                for p, s in zip(prompts_G, seeds_G)]
     groups = []
@@ -82,7 +82,7 @@ def request_sequence(client, prompt: list[int], k: int, params: types.SamplingPa
     """The first-phase request of sequence k of a group seeded `seed`, sent now (a future). A single request
     seeded seed + k samples what the group request's k-th sequence would (vLLM's rule; our HF sampler's too),
     so the same tokens as sample_groups on our backends; Tinker's cloud does not promise that rule."""
-    first = params.model_copy(update={"max_tokens": thinking_budget}) if thinking_budget > 0 else params
+    first = _first_phase(params, thinking_budget)
     return client.sample(types.ModelInput.from_ints(list(prompt)), 1, first.model_copy(update={"seed": seed + k}))
 
 
@@ -98,6 +98,11 @@ def finish_sequence(client, requested, prompt: list[int], k: int, params: types.
         _join_final(seq, final.result().sequences[0], prefill_tokens)
     _decode([seq], tokenizer)
     return seq
+
+
+def _first_phase(params: types.SamplingParams, thinking_budget: int) -> types.SamplingParams:
+    """Two-phase sampling's first request stops at the thinking budget."""
+    return params.model_copy(update={"max_tokens": thinking_budget}) if thinking_budget > 0 else params
 
 
 def _sequences(response) -> list[dict]:
