@@ -10,6 +10,8 @@ medians are reported. Goal: served <= 1.10x in-process.
     .venv/bin/python bench/bench_shim.py [--sampler hf|vllm] [--rounds 16] [--server process|thread] [--out F]
         [--also-serve DIR]   # a third arm: `ttt serve` from another checkout (e.g. `git archive` of an older
                              # commit), in the same rounds: before/after comparisons without drift between runs
+        [--serve-env K=V] [--also-serve-env K=V]   # environment for one server arm only (`--also-serve .
+                                                   # --also-serve-env GOMP_SPINCOUNT=10000`: an A/B in one run)
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TINKER_TELEMETRY", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.tolerances import logprob_tol  # noqa: E402  (after ROOT is on sys.path)
+from tests.tolerances import logprob_tol
 
 API_KEY = "tml-bench"
 MAX_MODEL_LEN, MAX_LORA_RANK = 512, 8
@@ -114,15 +116,25 @@ def _cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    """["KEY=VALUE", ...] -> {KEY: VALUE}: environment for one server arm (A/B of e.g. GOMP_SPINCOUNT)."""
+    bad = [kv for kv in pairs if "=" not in kv or not kv.split("=", 1)[0]]
+    if bad:
+        raise SystemExit(f"bench_shim: --serve-env / --also-serve-env take KEY=VALUE, got {bad[0]!r}")
+    return dict(kv.split("=", 1) for kv in pairs)
+
+
 class ServeProcess:
     """`ttt serve` in a child process (what `ttt serve ...` runs), on a free loopback port."""
 
-    def __init__(self, sampler: str, threads: int, checkpoint_dir: str, root: Path = ROOT):
+    def __init__(self, sampler: str, threads: int, checkpoint_dir: str, root: Path = ROOT,
+                 env: dict[str, str] | None = None):
         code = "import sys; from shim.server import serve_main; sys.exit(serve_main(sys.argv[1:]))"
         cmd = [sys.executable, "-c", code, "--model", "tiny", "--sampler", sampler, "--port", "0",
                "--api-key", API_KEY, "--max-lora-rank", str(MAX_LORA_RANK), "--max-model-len", str(MAX_MODEL_LEN),
                "--checkpoint-dir", checkpoint_dir, "--torch-threads", str(threads), "--log-level", "WARNING"]
-        self.proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
         self.url = None
         for line in self.proc.stdout:
             if "listening on " in line:
@@ -184,7 +196,12 @@ def main(argv=None) -> int:
     p.add_argument("--also-serve", default=None, metavar="DIR",
                    help="a third arm: `ttt serve` run from checkout DIR (its own process), interleaved with the two "
                         "others in the same rounds (all 6 orders in turn); its results are checked equal too")
+    p.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable for this checkout's `ttt serve` process only (repeatable)")
+    p.add_argument("--also-serve-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable for the --also-serve process only (repeatable)")
     args = p.parse_args(argv)
+    serve_env, also_serve_env = _env_pairs(args.serve_env), _env_pairs(args.also_serve_env)
 
     import tinker
     import torch
@@ -194,12 +211,13 @@ def main(argv=None) -> int:
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
-    engine_kwargs = dict(sampler_kind=args.sampler, max_lora_rank=MAX_LORA_RANK,
-                         sampler_kwargs={"max_model_len": MAX_MODEL_LEN})
+    engine_kwargs = {"sampler_kind": args.sampler, "max_lora_rank": MAX_LORA_RANK,
+                         "sampler_kwargs": {"max_model_len": MAX_MODEL_LEN}}
     engine = make_engine("tiny", checkpoint_dir=tempfile.mkdtemp(prefix="bench-shim-local-"), **engine_kwargs)
     server = thread_server = served_engine = None
     if args.server == "process":
-        server = ServeProcess(args.sampler, threads, tempfile.mkdtemp(prefix="bench-shim-served-"))
+        server = ServeProcess(args.sampler, threads, tempfile.mkdtemp(prefix="bench-shim-served-"),
+                              env=serve_env)
         url, served_pids = server.url, [server.pid]
     else:
         from shim.server import start_server
@@ -216,7 +234,7 @@ def main(argv=None) -> int:
         arms = [Arm("in-process", local_service, []), Arm("ttt serve", served_service, served_pids)]
         if args.also_serve:
             other = ServeProcess(args.sampler, threads, tempfile.mkdtemp(prefix="bench-shim-other-"),
-                                 Path(args.also_serve).resolve())
+                                 Path(args.also_serve).resolve(), env=also_serve_env)
             other_service = tinker.ServiceClient(base_url=other.url, api_key=API_KEY)
             arms.append(Arm(f"ttt serve from {args.also_serve}", other_service, [other.pid]))
         orders = [arms, arms[::-1]] if len(arms) == 2 else list(itertools.permutations(arms))
@@ -255,8 +273,8 @@ def main(argv=None) -> int:
         where = ", ".join(f"{k} ({v:.2g} > {tols[k]:.2g})" for k, v in over.items())
         raise SystemExit(f"bench_shim: served and in-process results differ: {where}")
     worst = max(diffs.values(), default=0.0)
-    rows = ["| phase | in-process median s | ttt serve median s | served - in-process s | ratio of medians "
-            "| median per-round ratio |", "|---|---|---|---|---|---|"]
+    rows = [("| phase | in-process median s | ttt serve median s | served - in-process s | ratio of medians "
+            "| median per-round ratio |"), "|---|---|---|---|---|---|"]
     for phase in (*PHASES, CPU_ROW):
         lo, se = statistics.median(local.timings[phase]), statistics.median(served.timings[phase])
         paired = statistics.median(s / x for s, x in zip(served.timings[phase], local.timings[phase]))
@@ -270,8 +288,8 @@ def main(argv=None) -> int:
     table = "\n".join(rows) + "\n\n" + verdict
     if other is not None:
         third = arms[2]
-        rows = [f"| phase | {third.name} median s | per-round ratio to in-process (95% CI) | per-round ratio to "
-                f"this checkout's ttt serve (95% CI) |", "|---|---|---|---|"]
+        rows = [(f"| phase | {third.name} median s | per-round ratio to in-process (95% CI) | per-round ratio to "
+                f"this checkout's ttt serve (95% CI) |"), "|---|---|---|---|"]
         for phase in (*PHASES, CPU_ROW):
             cells = []
             for base in (local, served):
