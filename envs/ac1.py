@@ -15,15 +15,14 @@ takes minutes beyond 10^5 pieces, and longer sequences never enter its buffer).
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import numpy as np
 
-from envs.base import State, VerifyResult
+from envs.base import State
 from envs.prompting import PromptSpec
 from envs.sequence_env import SequenceEnv
-from envs.step_functions import AC1_MAX_HEIGHT, AC1_MIN_TOTAL, first_autocorrelation_c1
+from envs.step_functions import MAX_HEIGHT, MIN_TOTAL, first_autocorrelation_c1, verifier_source
 
 BASELINE = '''import numpy as np
 
@@ -53,24 +52,17 @@ class FirstAutocorrelationEnv(SequenceEnv):
             "Find a non-negative step function f on [-1/4, 1/4] with n equal pieces that minimises the first "
             "autocorrelation constant C1 = max_t (f*f)(t) / (integral of f)^2. For heights a_0..a_{n-1} this is "
             "C1 = 2n * max(np.convolve(a, a)) / (sum a)^2; a flat function gives 2. Negative heights count as 0, "
-            f"heights above {AC1_MAX_HEIGHT:g} as {AC1_MAX_HEIGHT:g}, and the sum must be at least {AC1_MIN_TOTAL:g}. "
+            f"heights above {MAX_HEIGHT:g} as {MAX_HEIGHT:g}, and the sum must be at least {MIN_TOTAL:g}. "
             f"Use between {self.min_length} and {self.max_length} pieces (only constructions of "
             f"{self.buffer_lengths[0]:,} to {self.buffer_lengths[1]:,} pieces are kept to build on later). "
             "Lower C1 is better; the best known "
             "constructions use thousands of pieces (AlphaEvolve: 1.50529 with 600; TTT-Discover: 1.50286 with "
             "30,000). Useful idea: repeatedly solve a linear program that lowers the largest autoconvolution "
             "values while keeping the integral fixed, then refine or upsample.")
-        source = inspect.getsource(first_autocorrelation_c1)
+        source = verifier_source(first_autocorrelation_c1)
         return PromptSpec(statement=statement, entry_signature="propose_candidate(seed=42, budget_s=...) -> heights",
                           objective="C1", higher_is_better=False, timeout_s=self.timeout_s, cpus=self.cpus_per_eval,
                           target=self.target, verifier_source=source, injected=self.injected_lines(state))
 
-    def score_sequence(self, heights: np.ndarray, state: State, rest: list) -> VerifyResult:
-        construction = heights.tolist()
-        if heights.ndim == 1 and not self.min_length <= heights.size <= self.max_length:
-            return self.rejected(f"need between {self.min_length} and {self.max_length} heights, got {heights.size}",
-                                 construction)
-        c1, reason = first_autocorrelation_c1(heights)
-        if c1 is None:
-            return self.rejected(reason, construction)
-        return self.accepted(c1, construction, state, extra={"length": int(heights.size)})
+    def objective(self, heights: np.ndarray) -> tuple[float | None, str]:
+        return first_autocorrelation_c1(heights)

@@ -3,11 +3,14 @@
 C2 = ||f*f||_2^2 / (||f*f||_1 ||f*f||_inf), with f*f exactly piecewise linear (envs/step_functions.py).
 AlphaEvolve V1: 0.8962 (50 pieces); TTT-Discover 0.9591797711 (50,000). Contract: `construct_function()`
 returns the heights; the parent's sequence is the global `height_sequence_2`.
+Scoring is TTT-Discover's `evaluate_sequence` (tasks/alphaevolve_ac2/ae_verifier.py): negative heights count
+as 0, heights above 1000 as 1000, a sum below 0.01 is invalid; reward C2 exactly. Differences, as for AC1: any
+numeric 1-D sequence is accepted (the reference wants a Python list), and at most `max_length` pieces are
+scored.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +18,7 @@ import numpy as np
 from envs.base import State
 from envs.prompting import PromptSpec
 from envs.sequence_env import SequenceEnv
-from envs.step_functions import autoconvolution, check_heights, second_autocorrelation_c2
+from envs.step_functions import MAX_HEIGHT, MIN_TOTAL, second_autocorrelation_c2, verifier_source
 
 BASELINE = '''import numpy as np
 
@@ -43,14 +46,17 @@ class SecondAutocorrelationEnv(SequenceEnv):
         statement = (
             "Find a non-negative step function f with n equal pieces that maximises the second autocorrelation "
             "constant C2 = ||f*f||_2^2 / (||f*f||_1 * ||f*f||_inf). f*f is piecewise linear through the values "
-            "of np.convolve(a, a) with zeros at both ends, so its norms are computed exactly. "
-            f"Use between {self.min_length} and {self.max_length} pieces. Higher C2 is better (AlphaEvolve: "
+            "of np.convolve(a, a) with zeros at both ends, so its norms are computed exactly. Negative heights "
+            f"count as 0, heights above {MAX_HEIGHT:g} as {MAX_HEIGHT:g}, and the sum must be at least {MIN_TOTAL:g}. "
+            f"Use between {self.min_length} and {self.max_length} pieces (only constructions of "
+            f"{self.buffer_lengths[0]:,} to {self.buffer_lengths[1]:,} pieces are kept to build on later). "
+            "Higher C2 is better (AlphaEvolve: "
             "0.8962 with 50 pieces; 0.96 needs tens of thousands). Useful idea: explore with a coarse "
             "function, refine by gradient steps on C2, then upsample and refine again.")
-        source = "\n".join(inspect.getsource(f) for f in (check_heights, autoconvolution, second_autocorrelation_c2))
+        source = verifier_source(second_autocorrelation_c2)
         return PromptSpec(statement=statement, entry_signature="construct_function() -> heights", objective="C2",
                           higher_is_better=True, timeout_s=self.timeout_s, cpus=self.cpus_per_eval,
                           target=self.target, verifier_source=source, injected=self.injected_lines(state))
 
-    def objective(self, heights: np.ndarray) -> float:
+    def objective(self, heights: np.ndarray) -> tuple[float | None, str]:
         return second_autocorrelation_c2(heights)

@@ -16,7 +16,6 @@ from envs.base import State, VerifyResult
 from envs.program_env import ProgramEnv
 from envs.sandbox import SandboxJob, SandboxOutcome
 from envs.sandbox.result_channel import ChannelError, finite_float_array
-from envs.step_functions import check_heights
 
 
 def as_generator(rng, default_seed: int) -> np.random.Generator:
@@ -92,19 +91,20 @@ class SequenceEnv(ProgramEnv):
             return self.rejected(str(e))
         return self.score_sequence(heights, state, arrays[1:])
 
-    def objective(self, heights: np.ndarray) -> float:
-        """The task's objective of a valid height sequence (AC1: C1, AC2: C2)."""
+    def objective(self, heights: np.ndarray) -> tuple[float | None, str]:
+        """(the task's objective, '') or (None, reason): AC1's C1, AC2's C2."""
         raise NotImplementedError
 
     def score_sequence(self, heights: np.ndarray, state: State, rest: list) -> VerifyResult:
-        """Autocorrelation tasks: check the heights; near-valid ones are scored clipped, for partial credit."""
-        reason, violation = check_heights(heights, self.min_length, self.max_length)
-        construction = heights.tolist()
-        if reason:
-            clipped = np.maximum(heights, 0.0)
-            score = self.objective(clipped) if np.isfinite(violation) and clipped.sum() > 0 else None
-            return self.rejected(reason, construction, score=score, violation=violation)
-        return self.accepted(self.objective(heights), construction, state, extra={"length": int(heights.size)})
+        """Autocorrelation tasks: at most max_length pieces, then the reference's rules (envs/step_functions)."""
+        construction = heights.tolist()  # kept as returned (negatives and all), as the reference keeps it
+        if heights.ndim == 1 and not self.min_length <= heights.size <= self.max_length:
+            return self.rejected(f"need between {self.min_length} and {self.max_length} heights, got {heights.size}",
+                                 construction)
+        value, reason = self.objective(heights)
+        if value is None:
+            return self.rejected(reason, construction)
+        return self.accepted(value, construction, state, extra={"length": int(heights.size)})
 
     def verify_construction(self, heights, state: State = State()) -> VerifyResult:
         return self.score_sequence(np.asarray(heights, dtype=np.float64), state, [])

@@ -5,6 +5,7 @@ Read from github.com/test-time-training/discover @ 96df74f (MIT):
   - tinker_cookbook/recipes/ttt/sampler.py::PUCTSampler    -> RefPUCT (score, selection, update, flush, cap)
   - tasks/alphaevolve_cp/task.py + verifier.py::validate_packing -> cp_sum_radii
   - tasks/alphaevolve_ac/verifier_ae.py::evaluate_sequence + recipes/ttt/env_ac.py::_compute_reward -> ac1_c1
+  - tasks/alphaevolve_ac2/ae_verifier.py::evaluate_sequence                                  -> ac2_c2
 
 Each function follows the original's data types and order of operations (float32 torch for advantages, Python
 lists and builtins for AC1, numpy argsort for PUCT ranks), since the tests compare bit for bit. Written for the
@@ -94,6 +95,35 @@ def ac1_c1(sequence) -> float:
 
 def ac1_reward(c1: float) -> float:
     return 1 / c1 if c1 != np.inf else 0.0
+
+
+# ---------------------------------------------------------------- AC2 (alphaevolve_ac2/ae_verifier.py)
+
+
+def ac2_c2(sequence) -> float | None:
+    """evaluate_sequence: C2, or None where the original raises ValueError (the task then scores invalid)."""
+    if not isinstance(sequence, list) or not sequence:
+        return None
+    for x in sequence:
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            return None
+        if np.isnan(x) or np.isinf(x):
+            return None
+    seq = [max(0, float(x)) for x in sequence]
+    if np.sum(seq) < 0.01:  # checked before the cap, as the original does
+        return None
+    seq = [min(1000.0, x) for x in seq]
+    conv = np.convolve(seq, seq)
+    m = len(conv)
+    widths = np.diff(np.linspace(-0.5, 0.5, m + 2))
+    y = np.concatenate(([0], conv, [0]))
+    l2_squared = 0.0
+    for i in range(m + 1):  # one interval at a time, left to right
+        y1, y2, h = y[i], y[i + 1], widths[i]
+        l2_squared += (h / 3) * (y1 ** 2 + y1 * y2 + y2 ** 2)
+    norm_1 = np.sum(np.abs(conv)) / (m + 1)
+    norm_inf = np.max(np.abs(conv))
+    return float(l2_squared / (norm_1 * norm_inf))
 
 
 # ---------------------------------------------------------------- circle packing (alphaevolve_cp)

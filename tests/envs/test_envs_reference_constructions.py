@@ -19,6 +19,7 @@ from envs.ac2 import SecondAutocorrelationEnv
 from envs.circle_packing import CirclePackingEnv
 from envs.erdos import ErdosMinOverlapEnv
 from envs.rewards import RewardSpec
+from tests import reference_ttt as ref
 
 PUBLISHED = {"cp26": 2.6358627564, "cp32": 2.9379445262, "ac1": 1.5052939684}
 
@@ -155,6 +156,33 @@ def test_ac1_clips_negatives_and_caps_at_1000_as_ttt_discover(reference):
     assert r.construction[10] == -0.5 and r.construction[20] == 5e6
     # Capping is not rescaling: one huge height changes C1, a scale-invariant rescale would not.
     assert env.verify_construction(ac1 * 1e4).score != pytest.approx(env.verify_construction(ac1).score, rel=1e-6)
+
+
+def test_ac2_follows_ttt_discovers_rules_bit_for_bit(reference):
+    """TTT-Discover's AC2 verifier: negatives count as 0, heights above 1000 as 1000 (not rescaled), a sum
+    below 0.01 or a NaN is invalid. Expected values: tests/reference_ttt.py's restatement (its loop, its order of
+    summation), so the scores are equal, not close; and the exact triangle integral, to 1e-12."""
+    ac2 = np.array(reference["ac2_step_heights"])
+    env = SecondAutocorrelationEnv()
+    published = env.verify_construction(ac2)
+    assert published.score == ref.ac2_c2([float(x) for x in ac2]) and published.reward == published.score
+    bad = ac2.copy(); bad[3] = -0.25; bad[7] = 5e6
+    r = env.verify_construction(bad)
+    assert r.ok, r.message
+    clipped = [min(max(float(x), 0.0), 1000.0) for x in bad]
+    assert r.score == ref.ac2_c2([float(x) for x in bad]) == pytest.approx(_exact_c2(clipped), rel=1e-12)
+    assert r.construction[3] == -0.25 and r.construction[7] == 5e6  # the construction kept is the one returned
+    # capping is not rescaling: C2 is scale-invariant, so only the cap makes the x1e4 copy score differently
+    assert env.verify_construction(ac2 * 1e4).score != pytest.approx(published.score, rel=1e-6)
+    assert env.verify_construction(ac2 * 1e-2).score == pytest.approx(published.score, rel=1e-12)
+    rng = np.random.default_rng(7)
+    long = rng.normal(0.3, 1.0, 5000)  # a third negative, clipped
+    assert env.verify_construction(long).score == ref.ac2_c2(long.tolist())
+    for heights, reason in (([-1.0, 0.0, 0.004], "sum must be >= 0.01"), ([1.0, np.nan], "finite"),
+                            ([0.0] * 60, "sum must be >= 0.01")):
+        r = env.verify_construction(np.array(heights))
+        assert r.status == "invalid" and reason in r.message and r.reward == 0.0 and r.score is None, heights
+        assert ref.ac2_c2([float(x) for x in heights]) is None
 
 
 def test_partial_credit_for_a_near_valid_packing(reference):

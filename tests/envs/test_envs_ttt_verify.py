@@ -77,3 +77,16 @@ def test_programs_returning_them_score_the_same_in_the_sandbox(ttt, tmp_path, ca
     ac1 = f"H = {heights!r}\n\ndef propose_candidate(seed=42, budget_s=1000):\n    return H\n"
     code, rec = verify(["--env", "ac1", "--timeout", "60", write(tmp_path, "ac1.py", ac1)], capsys)
     assert code == 0 and rec["score"] == ref.ac1_c1(heights), rec
+
+
+def test_ac2_program_and_file_score_as_ttt_discover(tmp_path, capsys):
+    """AC2 through `ttt verify`: a program run in the sandbox and a JSON file of heights, both with a negative
+    height and one above the cap, score exactly tests/reference_ttt.py's restatement of TTT-Discover's verifier."""
+    heights = [float(x) for x in reference_data.constructions()["ac2_step_heights"]]
+    heights[4], heights[9] = -0.3, 2500.0
+    expected = ref.ac2_c2(heights)
+    program = f"H = {heights!r}\n\ndef construct_function():\n    return H\n"
+    code, rec = verify(["--env", "ac2", "--timeout", "60", write(tmp_path, "ac2.py", program)], capsys)
+    assert code == 0 and rec["status"] == "ok" and rec["score"] == expected == rec["reward"], rec
+    code, rec = verify(["--env", "ac2", write(tmp_path, "h.json", heights)], capsys)
+    assert code == 0 and rec["score"] == expected and rec["extra"]["length"] == 50, rec
