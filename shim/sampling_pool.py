@@ -62,6 +62,7 @@ class SamplingPool:
         self._queued: list[_Request] = []
         self._queue_lock = threading.Lock()
         self._runner: threading.Thread | None = None  # makes the engine calls while requests are queued
+        self._last_arrival = 0.0  # time.monotonic() of the newest submit
         self.engine_calls = 0  # sampler.sample calls made (coalescing shows as fewer calls than requests)
         self._loaded_key: tuple[str | None, int] | None = None
         self._version = 0
@@ -100,6 +101,7 @@ class SamplingPool:
         request = _Request(target, list(prompt), num_samples, params, prompt_logprobs)
         with self._queue_lock:
             self._queued.append(request)
+            self._last_arrival = time.monotonic()
             if self._runner is None:
                 # not a daemon: a request is answered while its engine call may still finish other rows, and
                 # the interpreter must not tear torch down under that call at exit (an abort: "terminate
@@ -124,17 +126,18 @@ class SamplingPool:
 
     def _settle(self) -> None:
         """Requests sent together (G x K sequences from one loop step) reach the pool over a few milliseconds:
-        wait until no new one has arrived for SETTLE_S (at most SETTLE_MAX_S), so that the first does not run
-        alone and leave the rest for a second engine call."""
+        wait until SETTLE_S has passed since the newest arrival (at most SETTLE_MAX_S in all), so that the first
+        does not run alone and leave the rest for a second engine call. The quiet gap counts from the arrival
+        itself, not from when the runner noticed it: a request 1 ms behind the first adds 1 ms, not SETTLE_S."""
         deadline = time.monotonic() + SETTLE_MAX_S
-        seen = len(self._queued)
-        while time.monotonic() < deadline:
-            time.sleep(SETTLE_S)
+        while True:
             with self._queue_lock:
-                now = len(self._queued)
-            if now == seen:
+                quiet_at = self._last_arrival + SETTLE_S
+            wake = min(quiet_at, deadline)
+            now = time.monotonic()
+            if now >= wake:
                 return
-            seen = now
+            time.sleep(wake - now)
 
     def _run(self, batch: list[_Request]) -> None:
         """One engine call for `batch` (the engine lock held)."""

@@ -5,6 +5,7 @@ rounding of a bigger batched matmul)."""
 import time
 
 import numpy as np
+import pytest
 
 from tinker import types
 
@@ -99,3 +100,53 @@ def test_a_steps_single_sequence_requests_reach_the_engine_together(hf_engine, m
     assert all(len(f.result().sequences) == 1 for f in futures)
     assert hf_engine.pool.engine_calls - calls == 1
     service.close()
+
+
+class _FakeClock:
+    """time.monotonic / time.sleep for the pool's settle wait: sleeping advances the clock, and `on_sleep` may
+    add arrivals while the pool sleeps."""
+
+    def __init__(self, pool, on_sleep=None):
+        self.now, self.pool, self.on_sleep, self.slept = 100.0, pool, on_sleep, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        start, self.now = self.now, self.now + seconds
+        if self.on_sleep is not None:
+            self.on_sleep(self, start)
+
+
+def test_the_quiet_gap_counts_from_the_newest_arrival(monkeypatch):
+    """Requests of one step reach the pool over a few ms (a served client sends them one HTTP request at a time).
+    The batch waits until SETTLE_S after the newest arrival: a request 2 ms behind adds 2 ms, not a second full
+    SETTLE_S; a stream that never pauses is cut at SETTLE_MAX_S."""
+    import shim.sampling_pool as sampling_pool
+    from shim.sampling_pool import SETTLE_MAX_S, SETTLE_S, SamplingPool
+
+    pool = SamplingPool(_StagedSampler())
+
+    def run_settle(last_arrival_ago: float, on_sleep=None) -> float:
+        clock = _FakeClock(pool, on_sleep)
+        monkeypatch.setattr(sampling_pool, "time", clock)
+        pool._last_arrival = clock.now - last_arrival_ago
+        start = clock.now
+        pool._settle()
+        return clock.now - start
+
+    assert run_settle(0.0) == pytest.approx(SETTLE_S)  # alone: one quiet gap
+    assert run_settle(0.001) == pytest.approx(SETTLE_S - 0.001)  # arrived 1 ms before the runner looked
+    assert run_settle(1.0) == 0.0  # queued during the previous engine call: no wait
+
+    def second_request_2ms_in(clock, sleep_start):
+        if not getattr(clock, "added", False):
+            clock.added, pool._last_arrival = True, sleep_start + 0.002
+
+    assert run_settle(0.0, second_request_2ms_in) == pytest.approx(SETTLE_S + 0.002)
+
+    def one_every_ms(clock, sleep_start):
+        pool._last_arrival = clock.now - 0.0005  # a request arrived half a millisecond ago, every time
+
+    assert run_settle(0.0, one_every_ms) == pytest.approx(SETTLE_MAX_S)
