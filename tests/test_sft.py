@@ -231,9 +231,60 @@ def test_resume_of_a_run_from_init_adapter(sft, tmp_path, monkeypatch):
     assert read_checkpoint(interrupted)["best"] == read_checkpoint(uninterrupted)["best"]
 
 
+def test_kl_penalty_measures_against_the_sft_adapter_and_keeps_it_on_resume(sft, tmp_path):
+    """kl_coef > 0 from an SFT adapter: step 0 samples from the SFT adapter itself, so its KL to the reference
+    (the same weights) is ~0, while the base model is far from it (SFT raised the answers' logprobs by > 5
+    nats). A run resumed after step 0 measures step 1 against the same saved SFT weights: its records equal an
+    uninterrupted run's (had it re-saved the reference from its trained weights, step 1's KL would be ~0)."""
+    kl = ("kl_coef=0.1", "temperature=1.0", "sampler=hf")  # T=1: sampler logprobs are the model's own
+    records = run(_rl_config(tmp_path / "sft_ref", sft["cfg"].out, "steps=1", *kl), **QUIET)
+    assert records[0]["kl_sampler_base"] == pytest.approx(0.0, abs=1e-4)
+    records = run(_rl_config(tmp_path / "base_ref", sft["cfg"].out, "steps=1", "kl_reference=base", *kl), **QUIET)
+    assert records[0]["kl_sampler_base"] > 0.05  # E over the SFT policy's samples of log(p_sft / p_base) > 0
+
+    interrupted, uninterrupted = tmp_path / "interrupted", tmp_path / "uninterrupted"
+    run(_rl_config(interrupted, sft["cfg"].out, "steps=1", *kl), **QUIET)
+    saved = read_checkpoint(interrupted)
+    assert saved["kl_reference"].endswith("/sampler_weights/kl_reference")
+    resumed = run(_rl_config(interrupted, sft["cfg"].out, "steps=2", "resume=true", *kl), **QUIET)
+    assert [r["step"] for r in resumed] == [0, 1] and abs(resumed[1]["kl_sampler_base"]) > 1e-4
+    run(_rl_config(uninterrupted, sft["cfg"].out, "steps=2", *kl), **QUIET)
+    assert_same_records(read_jsonl(interrupted / "metrics.jsonl"), read_jsonl(uninterrupted / "metrics.jsonl"))
+
+
+@pytest.mark.vllm
+def test_kl_reference_adapter_on_vllm(sft, vllm_sampler, tmp_path):
+    """On vLLM the reference adapter and the policy take turns in the engine each step: step 0's KL is ~0 (the
+    same weights), step 1's is not (the policy moved), and step 1 samples from the trained policy, not from the
+    reference it just scored with (the sampler-learner mismatch stays at float level)."""
+    service = _tiny_service(tmp_path / "tinker", sampler=vllm_sampler)
+    try:
+        records = run(_rl_config(tmp_path, sft["cfg"].out, "steps=2", "kl_coef=0.1", "temperature=1.0"),
+                      service=service, **QUIET)
+    finally:
+        service.close()
+    assert records[0]["kl_sampler_base"] == pytest.approx(0.0, abs=1e-4)
+    assert abs(records[1]["kl_sampler_base"]) > 1e-4
+    assert max(r["mismatch_max"] for r in records) < 1e-4 and records[1]["probe_mismatch"] < 1e-4
+
+
+def test_a_checkpoint_without_its_kl_reference_is_one_line():
+    """A run resumed from a checkpoint written before kl_reference existed measured KL against the base model:
+    it must say so, not silently switch policies (or save a reference from its trained weights)."""
+    from types import SimpleNamespace
+
+    from trainer.run_setup import kl_reference
+
+    cfg = SimpleNamespace(trains=True, kl_coef=0.1, kl_reference_policy="init_adapter")
+    with pytest.raises(ValueError, match="checkpoint has no kl_reference .* resume with kl_reference=base"):
+        kl_reference(cfg, service=None, training=None, saved={"step": 3})
+    assert kl_reference(SimpleNamespace(trains=True, kl_coef=0.0), None, None, None) == (None, None)
+
+
 @pytest.mark.parametrize("override,pattern", [
     ("lora_rank=4", r"has LoRA rank 8, the run lora_rank=4: pass lora_rank=8"),
     ("mode=frozen", r"init_adapter needs a training mode"),
+    ("kl_reference=sft", r"kl_reference must be auto, base or init_adapter, got 'sft'"),
     ("backend=tinker", r"was trained with backend=local and lives on this machine only"),
 ])
 def test_init_adapter_that_does_not_fit_the_run_is_one_line(sft, tmp_path, override, pattern):
@@ -241,3 +292,5 @@ def test_init_adapter_that_does_not_fit_the_run_is_one_line(sft, tmp_path, overr
         _rl_config(tmp_path, sft["cfg"].out, override)
     with pytest.raises(ValueError, match="init_adapter .*missing does not exist: pass the out dir of `ttt sft`"):
         _rl_config(tmp_path, str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="kl_reference=init_adapter needs init_adapter=.* or use kl_reference=base"):
+        compose(["+experiment=demo", f"out={tmp_path}", "kl_reference=init_adapter"])

@@ -63,6 +63,9 @@ class TrainConfig:
     advantage: str = "entropic_adaptive_beta"
     advantage_beta: float = 2.0  # the fixed beta of advantage=entropic
     kl_coef: float = 0.0  # lambda of the KL-to-base penalty folded into the advantages (paper: 0.1)
+    # the policy the KL penalty measures against: base | init_adapter (the SFT adapter the run started from, as
+    # RLHF's reference policy) | auto (init_adapter when the run has one, else base)
+    kl_reference: str = "auto"
     expert_top_k: int = 1  # expert_iteration: the best valid rollouts per group that are imitated
     # -- state reuse
     state_sampler: str = "puct"  # puct | greedy | fixed
@@ -145,6 +148,11 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if self.kl_reference not in ("auto", "base", "init_adapter"):
+            raise ValueError(f"kl_reference must be auto, base or init_adapter, got {self.kl_reference!r}")
+        if self.kl_reference == "init_adapter" and not self.init_adapter:
+            raise ValueError("kl_reference=init_adapter needs init_adapter=<the out dir of `ttt sft`>, or use "
+                             "kl_reference=base")
         if self.picture_every_s < 0:
             raise ValueError(f"picture_every_s must be >= 0 (0: draw at every improvement), got {self.picture_every_s}")
         if not isinstance(self.env, dict) or "_target_" not in self.env:
@@ -169,6 +177,13 @@ class TrainConfig:
     @property
     def trains(self) -> bool:
         return self.mode in ("train", "expert_iteration")
+
+    @property
+    def kl_reference_policy(self) -> str:
+        """base or init_adapter: kl_reference with auto resolved."""
+        if self.kl_reference == "auto":
+            return "init_adapter" if self.init_adapter else "base"
+        return self.kl_reference
 
     def ray_address(self) -> str | None:
         return self.verifier_address or os.environ.get("RAY_ADDRESS") or None

@@ -83,8 +83,7 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
         tokenizer = training.get_tokenizer()
     else:  # frozen / best_of_n: the base model samples, nothing trains
         tokenizer = service.create_sampling_client(base_model=cfg.base_model).result().get_tokenizer()
-    base = (service.create_sampling_client(base_model=cfg.base_model).result()
-            if cfg.trains and cfg.kl_coef > 0 else None)
+    kl_reference, kl_reference_path = run_setup.kl_reference(cfg, service, training, saved)
 
     start = 0
     for inst in instances:
@@ -133,13 +132,14 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
 
         def previous_step_state():  # nothing below mutates the run until the buffer update (4.)
             return run_state.loop_state(cfg, step - 1, version, groups, best, curriculum, instances, training,
-                                        step_rng_state, out, prefetched.plan if prefetched else None)
+                                        step_rng_state, out, prefetched.plan if prefetched else None,
+                                        kl_reference_path)
         run_state.raise_if(stop, cfg, checkpoints, step - 1, previous_step_state)
 
         # 3. the last evaluations end (sync: all start now); each is logged as it finishes, logged ones not redone.
         #    stream/async: each group goes to the learner (forward_backward) the moment its last evaluation ends
-        step_update = (update.StepUpdate(cfg, training, base, len(plan.parents), early=cfg.pipeline != "sync")
-                       if cfg.trains else None)
+        step_update = (update.StepUpdate(cfg, training, kl_reference, len(plan.parents),
+                                         early=cfg.pipeline != "sync") if cfg.trains else None)
         for g, rollouts_K in batch.groups_verified():
             if step_update is not None:
                 step_update.add_group(g, rollouts_K, np.array([r.result.reward for r in rollouts_K]))
@@ -193,7 +193,7 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stop["set"]:
             checkpoints.write(step, run_state.loop_state(cfg, step, version, groups, best, curriculum, instances,
                                                          training, rng_states(rng), out,
-                                                         pipe.ahead.plan if pipe.ahead else None),
+                                                         pipe.ahead.plan if pipe.ahead else None, kl_reference_path),
                               record)  # its line, should the run end before it is appended
         record["t_checkpoint"] = time.perf_counter() - t5
         record["t_step"] = time.perf_counter() - t0

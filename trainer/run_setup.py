@@ -81,3 +81,23 @@ def stop_followers(engine, out: Path) -> None:
                                                 "agree": all(h == hashes[0] for h in hashes)}, indent=2))
     if any(h != hashes[0] for h in hashes):
         raise RuntimeError(f"ranks disagree on the trained weights: {hashes}")
+
+
+KL_REFERENCE_NAME = "kl_reference"
+
+
+def kl_reference(cfg: TrainConfig, service, training, saved: dict | None):
+    """-> (the sampling client the KL penalty measures against, or None without one; its tinker:// path, kept in
+    checkpoints). kl_reference=init_adapter: the SFT adapter's weights, saved for sampling before the first RL
+    step, so that a resumed run measures against the same policy, not against its own trained weights."""
+    if not (cfg.trains and cfg.kl_coef > 0):
+        return None, None
+    if cfg.kl_reference_policy == "base":
+        return service.create_sampling_client(base_model=cfg.base_model).result(), None
+    path = saved.get("kl_reference") if saved is not None else None
+    if path is None and saved is not None:
+        raise ValueError("this run's checkpoint has no kl_reference (it was written before the option existed, "
+                         "so the run measured KL against the base model): resume with kl_reference=base")
+    if path is None:
+        path = training.save_weights_for_sampler(KL_REFERENCE_NAME).result().path
+    return service.create_sampling_client(model_path=path).result(), path

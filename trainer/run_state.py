@@ -35,13 +35,15 @@ def raise_if(stop, cfg, checkpoints: Checkpoints, completed: int, state_fn) -> N
 
 
 def loop_state(cfg, step, version, groups, best, curriculum, instances, training, rng_state, out,
-               next_plan) -> dict:
-    """`next_plan`: async, the next step's batch in flight (resumed with its parents and weights)."""
+               next_plan, kl_reference: str | None = None) -> dict:
+    """`next_plan`: async, the next step's batch in flight (resumed with its parents and weights);
+    `kl_reference`: the tinker:// path of the KL penalty's reference weights (kl_reference=init_adapter)."""
     state = {"step": step, "version": version, "groups": groups, "best": best, "rng": rng_state,
              "next_batch": next_plan.to_dict() if next_plan is not None else None,
              "curriculum": curriculum.to_dict(), "buffers": [i.buffer.to_dict() for i in instances],
              "base_model": cfg.base_model, "env": cfg.env, "env_name": cfg.env_name,
-             "curriculum_overrides": list(cfg.curriculum), "training_state": None, "local_training_dir": None}
+             "curriculum_overrides": list(cfg.curriculum), "training_state": None, "local_training_dir": None,
+             "kl_reference": kl_reference}
     if training is not None:
         path = training.save_state(f"step_{step:06d}").result().path
         state["training_state"] = path

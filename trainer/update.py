@@ -34,9 +34,11 @@ class StepUpdate:
     update up to float summation order. KL shaping needs the whole step's mean KL: with kl_coef > 0 every
     datum waits for the last group, as with sync, which sends one forward_backward in group order."""
 
-    def __init__(self, cfg: TrainConfig, training, base, groups: int, early: bool):
-        self.cfg, self.training, self.base, self.G = cfg, training, base, groups
-        self.early = early and base is None
+    def __init__(self, cfg: TrainConfig, training, reference, groups: int, early: bool):
+        """`reference`: the sampling client the KL penalty measures against (the base model or the SFT adapter),
+        None without KL shaping."""
+        self.cfg, self.training, self.reference, self.G = cfg, training, reference, groups
+        self.early = early and reference is None
         self.loss_fn = "cross_entropy" if cfg.mode == "expert_iteration" else cfg.loss_fn
         self.config = dict(cfg.loss_fn_config)
         if cfg.temperature != 1.0:  # the learner replays the sampling temperature (expert iteration imitates it)
@@ -111,13 +113,13 @@ class StepUpdate:
             datums = [imitation_datum(r.prompt_tokens, r.tokens, r.mask) for r in trained]
         else:
             advantages = [a for _, advantages in self.waiting for a in advantages]
-            if self.base is not None:
-                futures = [self.base.compute_logprobs(types.ModelInput.from_ints(r.prompt_tokens + r.tokens))
+            if self.reference is not None:  # its metric keeps the name kl_sampler_base, whichever the reference
+                futures = [self.reference.compute_logprobs(types.ModelInput.from_ints(r.prompt_tokens + r.tokens))
                            for r in trained]
-                base_lps = [np.asarray(f.result()[len(r.prompt_tokens):], dtype=np.float64)
-                            for f, r in zip(futures, trained)]
+                reference_lps = [np.asarray(f.result()[len(r.prompt_tokens):], dtype=np.float64)
+                                 for f, r in zip(futures, trained)]
                 advantages, self.stats["kl_sampler_base"] = fold_kl_penalty(
-                    advantages, [r.logprobs for r in trained], base_lps, [r.mask for r in trained],
+                    advantages, [r.logprobs for r in trained], reference_lps, [r.mask for r in trained],
                     self.cfg.kl_coef)
             datums = [rollout_datum(r.prompt_tokens, r.tokens, r.logprobs, a.tolist(), r.mask)
                       for r, a in zip(trained, advantages)]
