@@ -102,10 +102,17 @@ def _alive(procs: dict[int, tuple[int, str]]) -> dict[int, str]:
     return left
 
 
-def _train(out: Path, *extra: str) -> subprocess.Popen:
+def _train(out: Path, *extra: str, stderr_file: Path | None = None) -> subprocess.Popen:
+    """`stderr_file`: stderr to a file, as in a Slurm log (the watchdog reports an abrupt end there, never
+    to a pipe)."""
     env = {**os.environ, "TTT_DEBUG": "", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([TTT, "train", *BASE, f"out={out}", *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    stderr = subprocess.PIPE if stderr_file is None else open(stderr_file, "w")  # noqa: SIM115 - the child owns it
+    try:
+        return subprocess.Popen([TTT, "train", *BASE, f"out={out}", *extra], stdout=subprocess.PIPE,
+                                stderr=stderr, text=True, env=env)
+    finally:
+        if stderr_file is not None:
+            stderr.close()
 
 
 def _wait_for_step(proc: subprocess.Popen, out: Path, step: int, timeout: float = 300.0) -> None:
@@ -134,8 +141,9 @@ def _has(procs: dict[int, tuple[int, str]], *needles: str) -> None:
         assert any(needle in name for name in names), f"no {needle!r} among the run's processes: {names}"
 
 
-def _kill_mid_run_then_resume(tmp_path: Path, *extra: str, expect: tuple[str, ...]) -> None:
-    proc = _train(tmp_path, *extra)
+def _kill_mid_run_then_resume(tmp_path: Path, *extra: str, expect: tuple[str, ...],
+                              stderr_file: Path | None = None) -> None:
+    proc = _train(tmp_path, *extra, stderr_file=stderr_file)
     try:
         _wait_for_step(proc, tmp_path, 2)
         time.sleep(1.5)  # the watchdog notes descendants once a second
@@ -148,6 +156,10 @@ def _kill_mid_run_then_resume(tmp_path: Path, *extra: str, expect: tuple[str, ..
     proc.communicate(timeout=60)  # stdout / stderr reach EOF once every child holding them is gone
     took = _assert_all_gone(proc.pid, procs, t0)
     print(f"{len(procs)} processes of the run before SIGKILL, 0 left {took:.1f} s after it")
+    if stderr_file is not None:  # the run could not say it; its watchdog did, once, as its last line
+        last = stderr_file.read_text().strip().splitlines()[-1]
+        assert last.startswith(f"ttt: error: the run (pid {proc.pid}) ended abruptly") and \
+            last.endswith("rerun the same command with resume=true"), last
 
     resumed = _train(tmp_path, "resume=true", "steps=4", *extra)
     stdout, stderr = resumed.communicate(timeout=600)
@@ -184,27 +196,83 @@ def test_sigkill_of_a_vllm_ray_run_leaves_no_process_and_resumes(tmp_path):
 
 
 def test_sigkill_of_an_hf_ray_run_leaves_no_process_and_resumes(tmp_path):
-    _kill_mid_run_then_resume(tmp_path, "sampler=hf", "verifier_backend=ray", "wandb_mode=disabled", expect=())
+    _kill_mid_run_then_resume(tmp_path, "sampler=hf", "verifier_backend=ray", "wandb_mode=disabled", expect=(),
+                              stderr_file=tmp_path / "stderr.log")
 
 
 def test_normal_exit_and_sigterm_leave_no_process(tmp_path):
-    done = _train(tmp_path / "done", "sampler=hf", "steps=2", "wandb_mode=disabled")
+    """... and no abrupt-end line in their stderr (a file here): they ended on purpose."""
+    done_log, term_log = tmp_path / "done.log", tmp_path / "term.log"
+    done = _train(tmp_path / "done", "sampler=hf", "steps=2", "wandb_mode=disabled", stderr_file=done_log)
     time.sleep(0.5)
     seen = {}
     while done.poll() is None:  # what the run started, seen from outside while it ran
         seen.update(_run_processes(done.pid))
         time.sleep(0.5)
     t0 = time.monotonic()
-    _, stderr = done.communicate()
-    assert done.returncode == 0, stderr[-3000:]
+    done.communicate()
+    assert done.returncode == 0, done_log.read_text()[-3000:]
     _has(seen, "raylet")
     _assert_all_gone(done.pid, seen, t0)
 
-    term = _train(tmp_path / "term", "sampler=hf", "wandb_mode=disabled")
+    term = _train(tmp_path / "term", "sampler=hf", "wandb_mode=disabled", stderr_file=term_log)
     _wait_for_step(term, tmp_path / "term", 1)
     time.sleep(1.5)
     procs = _run_processes(term.pid)
     term.send_signal(signal.SIGTERM)
-    _, stderr = term.communicate(timeout=120)
-    assert term.returncode == 143, stderr[-3000:]
+    term.communicate(timeout=120)
+    assert term.returncode == 143, term_log.read_text()[-3000:]
     _assert_all_gone(term.pid, procs, time.monotonic())
+    for log in (done_log, term_log):  # the watchdog has ended (all gone above), so its line would be there
+        assert "ended abruptly" not in log.read_text(), log
+
+
+# A process that starts the watchdog and then ends as argv[1] says.
+ENDS = f"""
+import os, sys, time
+sys.path.insert(0, {ROOT!r})
+from trainer import supervisor
+supervisor.start("rerun it")
+print("ready", flush=True)
+how = sys.argv[1]
+if how == "native":      # as Ray's core worker ends a driver whose raylet died: no Python exit at all
+    os._exit(1)
+if how == "finished":    # as `ttt train` ends after its last line (os._exit, past C++ static destructors)
+    supervisor.finished()
+    os._exit(0)
+if how == "forked":      # a forked child (vLLM's engine) exits normally, then the run is killed
+    if os.fork() == 0:
+        sys.exit(0)
+    os.wait()
+    os.kill(os.getpid(), 9)
+if how == "error":       # an error the run reported (a traceback or a ttt: error: line) and a normal exit
+    sys.exit("ttt: error: something named, with its fix")
+"""
+
+
+@pytest.mark.parametrize("how,abrupt", [("native", True), ("forked", True), ("finished", False), ("error", False)])
+def test_an_abrupt_end_is_reported_in_one_line(how, abrupt, tmp_path):
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", ENDS, how], stdout=subprocess.PIPE, stderr=stderr, text=True)
+    stdout, _ = proc.communicate(timeout=60)
+    assert stdout.strip() == "ready"
+    deadline = time.monotonic() + 10
+    while abrupt and "ended abruptly" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the watchdog writes it right after the run ends
+    time.sleep(0.3)
+    lines = [line for line in log.read_text().splitlines() if "ended abruptly" in line]
+    if abrupt:
+        assert lines == [f"ttt: error: the run (pid {proc.pid}) ended abruptly, without finishing or reporting an "
+                         "error: it was killed (kill -9, out of memory) or a component ended it (e.g. Ray's raylet "
+                         "died); its checkpoints are kept: rerun it"], log.read_text()
+    else:
+        assert lines == [], log.read_text()
+
+
+def test_an_abrupt_end_is_never_written_to_a_pipe():
+    """A caller reading stderr to EOF (subprocess.run(capture_output=True)) gets EOF when the run ends: the
+    watchdog holds no pipe of the run, and has nothing to say there."""
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", ENDS, "native"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stderr == "" and time.monotonic() - t0 < 10

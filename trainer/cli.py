@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         from trainer import supervisor
 
         # before any child exists: every child dies with this process, also on kill -9
-        supervisor.start()
+        supervisor.start({"train": "rerun the same command with resume=true",
+                          "demo": "rerun the same command with --resume"}.get(args.command, "rerun the same command"))
     if args.command in ("train", "demo", "eval", "sft"):
         _exit_without_finalizers(_dispatch(args))
     return _dispatch(args)
@@ -272,6 +273,9 @@ def _exit_without_finalizers(code: int) -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    from trainer import supervisor
+
+    supervisor.finished()  # os._exit skips atexit: tell the watchdog this end is on purpose
     os._exit(code)
 
 

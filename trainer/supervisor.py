@@ -20,12 +20,21 @@ that still lives, and their descendants, until none is left.
 resource_tracker is killed last, after a grace period: once its clients are gone it unlinks the shared
 memory and semaphores they leaked, then exits by itself. After a normal exit or SIGTERM the run has already
 stopped its children; the sweep then only catches leftovers. Works as root and unprivileged (own processes).
+
+A run that ends without its interpreter finishing (kill -9, the OOM killer, or a component that ends the process
+from C++: Ray's core worker exits when its raylet dies) cannot say anything itself. The run tells the watchdog
+that it finished (`finished()`, or at interpreter exit) by one byte on a pipe; if the byte never came, the
+watchdog writes one `ttt: error:` line saying so, with the way back (resume=true), to the run's stderr where
+that is a terminal or a file (a Slurm log). Never to a pipe: a caller reading it to EOF would wait for us.
 """
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import os
 import secrets
+import stat
 import select
 import signal
 import time
@@ -33,33 +42,66 @@ import time
 MARKER = "TTT_RUN_ID"
 TRACKER_GRACE_S = 3.0  # resource_tracker's own cleanup after its clients die
 GIVE_UP_S = 20.0  # processes that survive this many seconds of SIGKILLs (uninterruptible sleep) are left
+ABRUPT = ("ttt: error: the run (pid {pid}) ended abruptly, without finishing or reporting an error: it was killed "
+          "(kill -9, out of memory) or a component ended it (e.g. Ray's raylet died); its checkpoints are kept: "
+          "{hint}\n")
+_finished_fd: list[int] = []  # the write end of the finished pipe, while the watchdog waits for it
 
 
-def start() -> str:
+def start(hint: str = "rerun the same command with resume=true") -> str:
     """Start the watchdog and mark this process's future children; returns the run id. Call once, early:
-    before any child exists, and before threads (it forks)."""
+    before any child exists, and before threads (it forks). `hint`: what the abrupt-end line tells the user."""
     run_pid = os.getpid()
     run_id = f"{run_pid}-{secrets.token_hex(4)}"  # a new id also inside an enclosing run: a run of its own
     try:
         pidfd = os.pidfd_open(run_pid)  # opened here, before the fork: no window where the run is already gone
     except (AttributeError, OSError):  # old kernel, seccomp: fall back to watching the parent pid
         pidfd = None
+    finished_r, finished_w = os.pipe()
+    report = _report_fd()
     if os.fork() == 0:  # the watchdog; it never returns
         try:
-            _watch(run_pid, run_id, pidfd)
+            os.close(finished_w)
+            _watch(run_pid, run_id, pidfd, finished_r, report, ABRUPT.format(pid=run_pid, hint=hint))
         finally:
             os._exit(0)
-    if pidfd is not None:
-        os.close(pidfd)
+    for fd in (pidfd, finished_r, report):
+        if fd is not None:
+            os.close(fd)
+    _finished_fd[:] = [finished_w]
+    atexit.register(finished, run_pid)  # an interpreter that exits normally has reported whatever happened
     os.environ[MARKER] = run_id
     return run_id
 
 
-def _watch(run_pid: int, run_id: str, pidfd: int | None) -> None:
+def finished(run_pid: int | None = None) -> None:
+    """The run ends on purpose (done, or its error reported): no abrupt-end line. Also called at interpreter
+    exit; a no-op in forked children (their exit is not the run's) and without a watchdog."""
+    if not _finished_fd or (run_pid is not None and os.getpid() != run_pid):
+        return
+    try:
+        os.write(_finished_fd[0], b"1")
+    except OSError:  # the watchdog is gone: nobody to tell
+        pass
+
+
+def _report_fd() -> int | None:
+    """A duplicate of stderr if it is a terminal or a regular file (a Slurm log), else None."""
+    try:
+        mode = os.fstat(2).st_mode
+        if os.isatty(2) or stat.S_ISREG(mode):
+            return fcntl.fcntl(2, fcntl.F_DUPFD_CLOEXEC, 3)  # >= 3: stdio is re-pointed in the watchdog
+    except OSError:
+        pass
+    return None
+
+
+def _watch(run_pid: int, run_id: str, pidfd: int | None, finished_r: int, report: int | None,
+           abrupt: str) -> None:
     os.setsid()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)  # it must outlive the run; it ends by itself once the run has ended
-    _detach_stdio(keep=pidfd)
+    _detach_stdio(keep={fd for fd in (pidfd, finished_r, report) if fd is not None})
     _set_name(b"ttt-watchdog")
     seen: dict[int, int] = {}  # pid -> start time of the run's descendants seen while it lived
     while True:
@@ -73,18 +115,35 @@ def _watch(run_pid: int, run_id: str, pidfd: int | None) -> None:
         table = _table()
         alive = {pid for pid, started in seen.items() if pid in table and table[pid][1] == started}
         seen = {pid: table[pid][1] for pid in alive | _descendants(table, {run_pid})}  # bounded: the living
+    if report is not None and not _said_finished(finished_r):
+        try:
+            os.write(report, abrupt.encode())
+        except OSError:
+            pass
     _sweep(run_id, seen)
 
 
-def _detach_stdio(keep: int | None) -> None:
-    """A caller reading the run's stdout to EOF must not wait for the watchdog: hold none of the run's fds."""
+def _said_finished(finished_r: int) -> bool:
+    """The byte is written before the run exits, so it is there now if it ever will be. Without it the pipe is
+    at EOF (readable, empty) or, where a forked child still holds the write end, not readable at all."""
+    if not select.select([finished_r], [], [], 0)[0]:
+        return False
+    try:
+        return os.read(finished_r, 1) == b"1"
+    except OSError:
+        return False
+
+
+def _detach_stdio(keep: set[int]) -> None:
+    """A caller reading the run's stdout to EOF must not wait for the watchdog: hold none of the run's fds
+    (`keep`: the watchdog's own, and stderr's duplicate only where it is not a pipe)."""
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     low = 3
-    if keep is not None:
-        os.closerange(low, keep)
-        low = keep + 1
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
     os.closerange(low, 1 << 20)
 
 
