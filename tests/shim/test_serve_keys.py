@@ -87,6 +87,8 @@ def test_two_keys_see_only_their_own_and_a_revoked_key_gets_401(hf_server):
     assert loaded.forward([sft_datum()], "cross_entropy").result().metrics["loss:sum"] > 0
     refused(lambda: rest["bob"].delete_checkpoint_from_tinker_path(a_state).result(), 404)
 
+    b_service.close("success")  # before its key is revoked: its session heartbeats would fail until exit
+
     # revocation applies to the very next request, from another process
     assert f"revoked {bob_id}" in keys_cli(db_path, "revoke", bob_id)
     assert f"{bob_id}\tbob" in keys_cli(db_path, "list") and "revoked" in keys_cli(db_path, "list")
