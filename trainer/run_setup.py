@@ -96,8 +96,9 @@ def kl_reference(cfg: TrainConfig, service, training, saved: dict | None):
         return service.create_sampling_client(base_model=cfg.base_model).result(), None
     path = saved.get("kl_reference") if saved is not None else None
     if path is None and saved is not None:
-        raise ValueError("this run's checkpoint has no kl_reference (it was written before the option existed, "
-                         "so the run measured KL against the base model): resume with kl_reference=base")
+        raise ValueError("this run's checkpoint has no kl_reference (it was written with kl_coef=0 or before the "
+                         "option existed, and the SFT weights the run started from are no longer the learner's): "
+                         "resume with kl_reference=base")
     if path is None:
         path = training.save_weights_for_sampler(KL_REFERENCE_NAME).result().path
     return service.create_sampling_client(model_path=path).result(), path
