@@ -49,12 +49,12 @@ class Base:
         return _done([None] + [-2.0] * (model_input.length - 1))
 
 
-def _group(g: int, rewards) -> tuple[list[Rollout], np.ndarray]:
+def _group(g: int, rewards) -> list[Rollout]:
     rollouts = [Rollout(group=g, index=g * K + k, parent_id=0, prompt_tokens=[1, 2, 3], tokens=[4 + k + 10 * g, 5],
                         logprobs=[-1.0, -1.5], mask=[1, 1], text="x", stop_reason="stop",
                         result=VerifyResult(status="ok", reward=r, score=r, value=r))
                 for k, r in enumerate(rewards)]
-    return rollouts, np.array(rewards, dtype=float)
+    return rollouts
 
 
 def _update(tmp_path, early: bool, *overrides, base=None) -> tuple[StepUpdate, Learner]:
@@ -72,9 +72,9 @@ def test_stream_sends_each_group_at_once_and_the_same_datums_as_sync(tmp_path):
     groups = [_group(0, [0.1, 0.5, 0.9]), _group(1, [0.3, 0.3, 0.3]), _group(2, [1.0, 0.0, 0.5])]
     early, early_learner = _update(tmp_path, True)
     late, late_learner = _update(tmp_path, False)
-    for g, (rollouts, rewards) in enumerate(groups):
-        early.add_group(g, rollouts, rewards)
-        late.add_group(g, rollouts, rewards)
+    for g, rollouts in enumerate(groups):
+        early.add_group(g, rollouts)
+        late.add_group(g, rollouts)
     assert len(early_learner.calls) == 2 and len(late_learner.calls) == 0  # groups 0 and 2; group 1 is constant
     stats_early = early.finish(0, 0, None, print)
     stats_late = late.finish(0, 0, None, print)
@@ -89,7 +89,7 @@ def test_stream_sends_each_group_at_once_and_the_same_datums_as_sync(tmp_path):
 def test_all_constant_groups_train_on_the_last_one(tmp_path):
     update, learner = _update(tmp_path, True)
     for g in range(3):
-        update.add_group(g, *_group(g, [0.2, 0.2, 0.2]))
+        update.add_group(g, _group(g, [0.2, 0.2, 0.2]))
     assert learner.calls == []
     stats = update.finish(0, 0, None, print)
     assert [d.model_input.to_ints()[3:] for d in learner.calls[0]] == [[24], [25], [26]]  # group 2, all K
@@ -98,8 +98,8 @@ def test_all_constant_groups_train_on_the_last_one(tmp_path):
 
 def test_kl_shaping_waits_for_the_whole_step(tmp_path):
     update, learner = _update(tmp_path, True, "kl_coef=0.1", base=Base())
-    update.add_group(0, *_group(0, [0.1, 0.5, 0.9]))
-    update.add_group(1, *_group(1, [0.0, 1.0, 0.5]))
+    update.add_group(0, _group(0, [0.1, 0.5, 0.9]))
+    update.add_group(1, _group(1, [0.0, 1.0, 0.5]))
     assert learner.calls == []  # the mean KL over every trained token is not known yet
     stats = update.finish(0, 0, None, print)
     assert len(learner.calls) == 1 and stats["kl_sampler_base"] == 0.75  # mean(-1, -1.5) - (-2)

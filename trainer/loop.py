@@ -142,7 +142,7 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
                                          early=cfg.pipeline != "sync") if cfg.trains else None)
         for g, rollouts_K in batch.groups_verified():
             if step_update is not None:
-                step_update.add_group(g, rollouts_K, np.array([r.result.reward for r in rollouts_K]))
+                step_update.add_group(g, rollouts_K)
         rewards_G_K = np.array([r.result.reward for r in rollouts]).reshape(len(plan.parents), cfg.group_size)
         t2 = time.perf_counter()
         run_state.raise_if(stop, cfg, checkpoints, step - 1, previous_step_state)

@@ -34,9 +34,9 @@ import atexit
 import fcntl
 import os
 import secrets
-import stat
 import select
 import signal
+import stat
 import time
 
 MARKER = "TTT_RUN_ID"

@@ -43,14 +43,16 @@ class StepUpdate:
         self.config = dict(cfg.loss_fn_config)
         if cfg.temperature != 1.0:  # the learner replays the sampling temperature (expert iteration imitates it)
             self.config["temperature"] = cfg.temperature
-        self.groups: dict[int, tuple[list[Rollout], np.ndarray]] = {}
+        self.last_group: tuple[list[Rollout], np.ndarray] | None = None  # trained if every group is constant
         self.waiting: list[tuple[list[Rollout], list[np.ndarray] | None]] = []  # (rollouts, advantages | imitate)
         self.sent: list[tuple[object, list[Rollout], list]] = []  # (forward_backward future, rollouts, datums)
         self.mixed, self.betas, self.imitated = 0, [], 0
         self.stats: dict = {}
 
-    def add_group(self, g: int, rollouts_K: list[Rollout], rewards_K: np.ndarray) -> None:
-        self.groups[g] = (rollouts_K, rewards_K)
+    def add_group(self, g: int, rollouts_K: list[Rollout]) -> None:
+        rewards_K = np.array([r.result.reward for r in rollouts_K])
+        if g == self.G - 1:
+            self.last_group = (rollouts_K, rewards_K)
         if self.cfg.mode == "expert_iteration":
             chosen = sorted([r for r in rollouts_K if r.result.ok], key=lambda r: -r.result.reward)
             chosen = chosen[:self.cfg.expert_top_k]
@@ -64,8 +66,8 @@ class StepUpdate:
     def finish(self, step: int, version: int, adam, log) -> dict:
         """The step's last datums, one optim_step, and the check that the sampler served adapter v`version`:
         the learner's logprobs of the sampled tokens must equal the sampler's (both losses return them)."""
-        if self.cfg.mode != "expert_iteration" and self.mixed == 0 and self.G - 1 in self.groups:
-            self._queue_advantaged(*self.groups[self.G - 1])
+        if self.cfg.mode != "expert_iteration" and self.mixed == 0 and self.last_group is not None:
+            self._queue_advantaged(*self.last_group)
         self._send()
         stats = {"frac_mixed": self.mixed / self.G, **self.stats}
         if self.cfg.mode == "expert_iteration":

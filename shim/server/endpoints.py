@@ -339,10 +339,13 @@ class TinkerApi:
         key = None if seq_id is None else (sampling_id, seq_id)
         ids = [f"{sampling_id}:{seq_id}:{i}" for i in range(num_samples)]
 
+        def count_tokens(future) -> None:
+            if future.exception() is None:
+                self.metrics.tokens_sampled.inc(sum(len(s.tokens) for s in future.result()[0]))
+
         def sample():  # no thread waits per request: a step's single-sequence requests all reach the pool
             future = self.engine.submit_sample(sampling_id, prompt, num_samples, params, prompt_logprobs)
-            future.add_done_callback(lambda f: f.exception() is None and self.metrics.tokens_sampled.inc(
-                sum(len(s.tokens) for s in f.result()[0])))
+            future.add_done_callback(count_tokens)
             return future
 
         return self._start(r, key, sample,
