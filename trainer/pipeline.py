@@ -37,7 +37,7 @@ from tinker import types
 from envs.base import VerifyResult
 from trainer import metrics as M
 from trainer.checkpoint import RolloutLog
-from trainer.rollouts import (Rollout, finish_sequence, group_seed, render_prompt, request_sequence, sample_groups,
+from trainer.rollouts import (Rollout, finish_sequence, group_seed, request_sequence, sample_groups, state_prompt,
                               unverifiable)
 from trainer.state_sampler import Node
 
@@ -132,7 +132,7 @@ class Batch:
     def __init__(self, pipe: Pipeline, plan: Plan, inst, client):
         self.pipe, self.plan, self.inst, self.client = pipe, plan, inst, client
         cfg = pipe.cfg
-        self.prompts_G = [render_prompt(pipe.tokenizer, inst.env.prompt(node.state), cfg.chat_template_kwargs)
+        self.prompts_G = [state_prompt(pipe.tokenizer, inst.env, node.state, cfg.chat_template_kwargs)
                           for node in plan.parents]
         self.seeds_G = [group_seed(cfg.seed, plan.step, g) for g in range(len(plan.parents))]
         self.rollouts: list[Rollout] = []

@@ -31,9 +31,17 @@ class Rollout:
     version: int = 0  # the adapter version that sampled it (staleness = trained-at version - this)
 
 
-def render_prompt(tokenizer, text: str, chat_template_kwargs: dict | None = None) -> list[int]:
-    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                              tokenize=True, return_dict=False, **(chat_template_kwargs or {})))
+def render_prompt(tokenizer, text: str, chat_template_kwargs: dict | None = None, answer_prefix: str = "") -> list[int]:
+    """The chat prompt for one user message, ending with the assistant's turn and, if the task has one, the
+    start of its answer (`Env.answer_prefix`, e.g. "[" for a list: the model continues from there)."""
+    tokens = list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                tokenize=True, return_dict=False, **(chat_template_kwargs or {})))
+    return tokens + (tokenizer.encode(answer_prefix, add_special_tokens=False) if answer_prefix else [])
+
+
+def state_prompt(tokenizer, env, state, chat_template_kwargs: dict | None = None) -> list[int]:
+    """The prompt tokens for a state of `env` (its improvement prompt and answer prefix)."""
+    return render_prompt(tokenizer, env.prompt(state), chat_template_kwargs, env.answer_prefix)
 
 
 MAX_GROUPS, MAX_GROUP_SIZE = 512, 256

@@ -14,7 +14,7 @@ from trainer.advantages import compute_advantages
 from trainer.config import TrainConfig
 from trainer.datums import imitation_datum, rollout_datum
 from trainer.kl import fold_kl_penalty
-from trainer.rollouts import Rollout, render_prompt
+from trainer.rollouts import Rollout, state_prompt
 
 if TYPE_CHECKING:
     from trainer.run_setup import Instance
@@ -131,7 +131,7 @@ class StepUpdate:
 
 
 def probe_tokens(cfg, tokenizer, inst: Instance) -> list[int]:
-    prompt = render_prompt(tokenizer, inst.env.prompt(inst.buffer.nodes[0].state), cfg.chat_template_kwargs)
+    prompt = state_prompt(tokenizer, inst.env, inst.buffer.nodes[0].state, cfg.chat_template_kwargs)
     return prompt + tokenizer.encode(PROBE_TEXT, add_special_tokens=False)
 
 
