@@ -8,7 +8,7 @@ of train against each other arm at the final budget.
         [--out bench_runs/discovery] [--record]
 
 Arms (the LM arms are `ttt train +experiment=discovery env=TASK mode=ARM seed=SEED`, configs/experiment/
-discovery.yaml: SmolLM2-135M-Instruct, vLLM with merged adapters, temperature 1):
+discovery.yaml: SmolLM2-135M-Instruct, vLLM with merged adapters, temperature 0.9):
 - train             entropic adaptive-beta importance-sampling LoRA steps, PUCT state reuse (the method);
 - frozen            the same sampling and PUCT reuse, no weight updates (search with the model as proposer);
 - best_of_n         no updates and no reuse: every sample starts from the initial state;

@@ -15,6 +15,7 @@ each n, re-scored by this verifier (tests/test_discovery_tasks.py checks the sto
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +79,7 @@ def packing_violation(centres: np.ndarray, radii: np.ndarray) -> float:
 class CPDirectEnv(NumberListEnv):
     name: str = "cp_direct"
     circles: int = 6
+    start: str = "cluster"
 
     higher_is_better = True
     default_reward = "linear"
@@ -91,6 +93,8 @@ class CPDirectEnv(NumberListEnv):
         super().__post_init__()
         if not 2 <= self.circles <= 32:
             raise ValueError(f"cp_direct: circles must be in 2..32, got {self.circles}")
+        if self.start not in ("cluster", "line"):
+            raise ValueError(f"cp_direct: start must be 'cluster' or 'line', got {self.start!r}")
         self.best_known = BEST_KNOWN.get(self.circles, (None,))[0]
 
     @property
@@ -122,4 +126,8 @@ class CPDirectEnv(NumberListEnv):
 
     def initial_construction(self) -> list:
         n = self.circles  # rounded to 2 decimals: the model copies what it is shown
-        return [[round((2 * k + 1) / (2 * n), 2), 0.5] for k in range(n)]
+        if self.start == "line":
+            return [[round((2 * k + 1) / (2 * n), 2), 0.5] for k in range(n)]
+        cols = math.ceil(math.sqrt(n))  # cluster: a grid of pitch 0.1 around the centre
+        return [[round(0.5 + 0.1 * (k % cols - (cols - 1) / 2), 2), round(0.5 + 0.1 * (k // cols - (n - 1) // cols / 2), 2)]
+                for k in range(n)]

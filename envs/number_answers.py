@@ -108,10 +108,11 @@ class NumberListEnv(Env):
 
     def prompt(self, state: State) -> str:
         better = "higher" if self.higher_is_better else "lower"
-        best = f" The best known is {fmt(self.best_known)}." if self.best_known is not None else ""
+        # No target value here: a 135M model copies numbers it is shown into its list (with "The best known is
+        # 1.20284" in the prompt, answers ended in "(1.20284)" and none improved on the parent in 64 samples).
         return "\n".join([self.describe(),
                           f"Current {self.what}: {self.show(state.construction)}",
-                          f"Their {self.score_name} is {fmt(state.score)} ({better} is better).{best}",
+                          f"Their {self.score_name} is {fmt(state.score)} ({better} is better).",
                           f"Change a few numbers to get a {better} {self.score_name}. Reply with only the new list."])
 
     def parse(self, completion: str) -> str | None:

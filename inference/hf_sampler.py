@@ -25,12 +25,17 @@ from inference.types import SampledSequence, SamplingParams
 
 class HFSampler:
     def __init__(self, model_path: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                 max_model_len: int = 2048, merge_lora: bool | None = None, **_ignored):
+                 max_model_len: int = 2048, merge_lora: bool | None = None, adapter_mode: str | None = None,
+                 **_ignored):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
         self.device, self.max_model_len = device, max_model_len
+        if adapter_mode not in (None, "merged", "lora"):
+            raise ValueError(f"adapter_mode must be 'merged' or 'lora', got {adapter_mode!r}")
+        if merge_lora is None and adapter_mode is not None:  # the vLLM sampler's option, with the same meaning
+            merge_lora = adapter_mode == "merged"
         self.merge_lora = self.base.dtype == torch.float32 if merge_lora is None else merge_lora
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id

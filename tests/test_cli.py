@@ -66,3 +66,26 @@ def test_verify_through_the_console_script(tmp_path):
 
     record = json.loads(proc.stdout)
     assert record["status"] == "ok" and abs(record["score"] - 2.0) < 1e-12  # a flat step function has C1 = 2
+
+
+def test_demo_task_needs_real(tmp_path):
+    line = _one_error_line(_ttt("demo", "--task", "cp", "--out", str(tmp_path)))
+    assert "--task picks the real demo's task: pass it with --real" in line
+
+
+def test_real_demo_tasks_compose_their_experiments():
+    import argparse
+
+    from trainer.cli import _demo_overrides
+    from trainer.config import compose
+
+    def cfg(*argv):
+        ns = argparse.Namespace(real=True, task=None, out=None, steps=None, seed=None, model=None, sampler=None,
+                                resume=False)
+        for flag, value in zip(argv[::2], argv[1::2]):
+            setattr(ns, flag, value)
+        return compose(_demo_overrides(ns))
+
+    assert (cfg().env_name, cfg().sampler_args["adapter_mode"]) == ("ac1_direct", "merged")
+    assert (cfg("task", "cp").env_name, cfg("task", "cp").out) == ("cp_direct", "runs/demo_real_cp")
+    assert cfg("task", "code").env_name == "code_basics"

@@ -19,7 +19,9 @@ PRESETS = {"cp26": ("CirclePackingEnv", {"n": 26, "target": 2.636, "cpus_per_eva
            "erdos": ("ErdosMinOverlapEnv", {"target": 0.3808, "max_length": 1000}),
            "code": ("CodeEnv", {"problems_per_family": 4}), "arc": ("ArcEnv", {"version": "arcagi"}),
            "code_basics": ("CodeEnv", {"problems_per_family": 1, "tests_per_problem": 10, "memory_mb": 512}),
-           "tabular": ("TabularEnv", {"dataset": "breast_cancer"}), "toy_digits": ("ToyDigitsEnv", {"length": 12})}
+           "tabular": ("TabularEnv", {"dataset": "breast_cancer"}), "toy_digits": ("ToyDigitsEnv", {"length": 12}),
+           "ac1_direct": ("AC1DirectEnv", {"pieces": 12, "start": "flat"}),
+           "cp_direct": ("CPDirectEnv", {"circles": 6, "start": "cluster"})}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
