@@ -325,3 +325,6 @@ def _read_result(paths: cmd.RunPaths, limits: Limits, result_format: str, base: 
         return SandboxOutcome("ok", arrays=parse_npz(data, limits.max_result_bytes), **base)
     except ChannelError as e:
         return SandboxOutcome("invalid", f"unusable result: {e}", **base)
+    except Exception as e:  # noqa: BLE001 -- a parser bug the fuzz tests missed: still the program's verdict
+        return SandboxOutcome("invalid", f"unusable result: the parser failed on it ({type(e).__name__}: "
+                                         f"{str(e)[:200]})", **base)

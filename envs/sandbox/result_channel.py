@@ -84,11 +84,13 @@ def read_tail(dir_path: str, name: str, n_chars: int) -> str:
 _MEMBER = re.compile(r"r(\d{1,3})\.npy")
 _NPY_MAGIC = b"\x93NUMPY"
 _MAX_HEADER = 4096  # numpy writes ~128 bytes; its own loader's default limit is 10000
-_MAX_ITEMSIZE = 16  # complex128 / float128
+_DESCR = re.compile(r"[<>|=]?[biuf](1|2|4|8|16)")  # the plain numeric dtypes np.save writes, nothing else
+_MAX_NDIM = 32  # numpy's own limit is 64
+_HEADER_CHARS = re.compile(rb"[\x20-\x5b\x5d-\x7e]*\n?")  # printable ASCII but the backslash, as np.save writes
 
 
-def parse_npy(raw: bytes, cap: int, name: str = "array") -> np.ndarray:
-    """One .npy file's array, validated from its header before any allocation; a read-only view of `raw`."""
+def _header(raw: bytes, name: str) -> tuple[np.dtype, bool, tuple[int, ...], int]:
+    """(dtype, fortran order, shape, offset of the data) of a .npy file; every field checked."""
     if len(raw) < 10 or raw[:6] != _NPY_MAGIC:
         raise ChannelError(f"{name} is not a .npy array")
     major = raw[6]
@@ -100,30 +102,44 @@ def parse_npy(raw: bytes, cap: int, name: str = "array") -> np.ndarray:
         raise ChannelError(f"{name} has unknown .npy version {major}")
     if header_len > _MAX_HEADER or start + header_len > len(raw):
         raise ChannelError(f"{name} has a {header_len} byte header (at most {_MAX_HEADER}, within the file)")
+    text = raw[start:start + header_len]
+    if _HEADER_CHARS.fullmatch(text) is None:  # no escapes either: literal_eval would warn on bad ones
+        raise ChannelError(f"{name} has an unreadable header")
     try:
-        header = ast.literal_eval(raw[start:start + header_len].decode("latin1"))
-    except (ValueError, SyntaxError, MemoryError, RecursionError, UnicodeDecodeError):
+        header = ast.literal_eval(text.decode("ascii"))
+    except Exception:  # SyntaxError, ValueError, TypeError (an unhashable key), RecursionError, MemoryError, ...
         raise ChannelError(f"{name} has an unreadable header") from None
-    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+    if not isinstance(header, dict) or len(header) != 3 or not all(
+            type(k) is str for k in header) or set(header) != {"descr", "fortran_order", "shape"}:
         raise ChannelError(f"{name} header must have exactly descr, fortran_order and shape")
     descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
     if not isinstance(descr, str) or not isinstance(fortran, bool) or not isinstance(shape, tuple):
         raise ChannelError(f"{name} header has fields of the wrong type")
-    if len(shape) > 32 or not all(type(d) is int and d >= 0 for d in shape):
-        raise ChannelError(f"{name} has an invalid shape")
+    if _DESCR.fullmatch(descr) is None:
+        raise ChannelError(f"{name} has dtype {descr[:40]!r}, not numeric")
     try:
         dtype = np.dtype(descr)
-    except (TypeError, ValueError):
-        raise ChannelError(f"{name} has an unknown dtype {descr[:40]!r}") from None
-    if dtype.kind not in "biuf" or dtype.names is not None or dtype.shape != () or dtype.itemsize > _MAX_ITEMSIZE:
-        raise ChannelError(f"{name} has dtype {descr[:40]!r}, not numeric")
-    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow, whatever the header claims
-    body = len(raw) - start - header_len
+    except Exception:  # e.g. '<b8': a letter and a size numpy does not pair
+        raise ChannelError(f"{name} has an unknown dtype {descr!r}") from None
+    if len(shape) > _MAX_NDIM or not all(type(d) is int and d >= 0 for d in shape):
+        raise ChannelError(f"{name} has an invalid shape")
+    return dtype, fortran, shape, start + header_len
+
+
+def parse_npy(raw: bytes, cap: int, name: str = "array") -> np.ndarray:
+    """One .npy file's array, validated from its header before any allocation; a writable copy."""
+    dtype, fortran, shape, offset = _header(raw, name)
+    # Python ints: no overflow. Every dimension is bounded too, also where another is 0 (an empty array with
+    # a dimension of 2**63 holds no bytes, but numpy cannot represent it).
+    count = math.prod(shape)
+    nbytes, body = count * dtype.itemsize, len(raw) - offset
     if nbytes > cap:
         raise ChannelError(f"{name} claims {nbytes} bytes of data, over the {cap} byte cap")
+    if math.prod(max(d, 1) for d in shape) * dtype.itemsize > cap:
+        raise ChannelError(f"{name} has shape {str(shape)[:80]}: a dimension past what the {cap} byte cap allows")
     if nbytes != body:
         raise ChannelError(f"{name} claims {nbytes} bytes of data but holds {body}")
-    flat = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=start + header_len)
+    flat = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
     return flat.reshape(shape, order="F" if fortran else "C").copy()  # writable, like np.load's arrays
 
 
@@ -132,8 +148,9 @@ def parse_npz(data: bytes, member_cap: int) -> list[np.ndarray]:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
-        raise ChannelError(f"result.npz is not a valid zip ({e})") from None
+    except Exception as e:  # BadZipFile, and what zipfile raises besides on hostile bytes: NotImplementedError
+        # (an entry 'needing version 10.0'), OverflowError, struct.error, ValueError, EOFError, ...
+        raise ChannelError(f"result.npz is not a valid zip ({type(e).__name__}: {str(e)[:120]})") from None
     if len(infos) > 1000:
         raise ChannelError(f"result.npz has {len(infos)} members")
     index, declared = {}, 0
@@ -141,10 +158,15 @@ def parse_npz(data: bytes, member_cap: int) -> list[np.ndarray]:
         m = _MEMBER.fullmatch(info.filename)
         if m is None:
             raise ChannelError(f"result.npz has an unexpected member {info.filename[:60]!r}")
+        if int(m.group(1)) in index:
+            raise ChannelError(f"result.npz lists {info.filename} twice")
         if info.compress_type != zipfile.ZIP_STORED:
             raise ChannelError(f"result.npz member {info.filename} is compressed; only stored members are read")
-        if info.file_size > member_cap:
-            raise ChannelError(f"result.npz member {info.filename} declares {info.file_size} bytes, over the cap")
+        if info.file_size > member_cap or info.compress_size != info.file_size:
+            raise ChannelError(f"result.npz member {info.filename} declares {info.file_size} bytes "
+                               f"({info.compress_size} stored), over the cap or inconsistent")
+        if not 0 <= info.header_offset < len(data):
+            raise ChannelError(f"result.npz member {info.filename} starts at {info.header_offset}, outside the file")
         index[int(m.group(1))] = info
         declared += info.file_size
     if declared > len(data):  # stored members cannot add up to more than the file unless they share bytes
@@ -155,8 +177,8 @@ def parse_npz(data: bytes, member_cap: int) -> list[np.ndarray]:
     for i in range(len(index)):
         try:
             raw = zf.read(index[i])
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, NotImplementedError) as e:
-            raise ChannelError(f"result.npz member r{i} cannot be read ({str(e)[:120]})") from None
+        except Exception as e:  # a bad CRC or local header, and the rest of zipfile's repertoire
+            raise ChannelError(f"result.npz member r{i} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
         try:
             arrays.append(parse_npy(raw, member_cap, f"result.npz member r{i}"))
         except ChannelError as e:

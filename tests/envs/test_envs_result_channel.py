@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from envs.sandbox.result_channel import ChannelError, finite_float_array, parse_json, parse_npz, read_capped, read_tail
+from result_forge import npy_bytes, npz_bytes, saved, zip64_extra, zip_bytes
 
 
-def npz_bytes(**arrays) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+def stored_npz(**members: bytes) -> bytes:
+    return zip_bytes([(name + ".npy", raw) for name, raw in members.items()])
 
 
 def test_read_capped_reads_regular_files_and_reports_absence(tmp_path):
@@ -102,23 +101,6 @@ def test_finite_float_array_checks_type_shape_and_finiteness():
 
 # --- headers that lie about sizes (issue 14 item 3): validated before anything is allocated -------------
 
-def npy_bytes(header: str, body: bytes = b"", version: int = 1) -> bytes:
-    text = header.encode("latin1")
-    text += b" " * (-(len(text) + 11) % 64) + b"\n"
-    size = len(text).to_bytes(2 if version == 1 else 4, "little")
-    return b"\x93NUMPY" + bytes([version, 0]) + size + text + body
-
-
-def stored_npz(**members: bytes) -> bytes:
-    import zipfile
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, raw in members.items():
-            zf.writestr(name + ".npy", raw)
-    return buf.getvalue()
-
-
 TIB64 = 64 << 40
 
 
@@ -147,9 +129,7 @@ def test_parse_npz_checks_npy_headers_before_allocating(raw, reason):
 def test_parse_npz_reads_valid_headers_of_every_layout():
     c = np.arange(12, dtype=np.int32).reshape(3, 4)
     for arr in (c, np.asfortranarray(c), np.zeros((0, 5)), np.float32(2.5), np.array([True, False])):
-        buf = io.BytesIO()
-        np.save(buf, arr)
-        (got,) = parse_npz(stored_npz(r0=buf.getvalue()), 1 << 20)
+        (got,) = parse_npz(stored_npz(r0=saved(arr)), 1 << 20)
         assert got.dtype == np.asarray(arr).dtype and np.array_equal(got, arr) and got.flags.writeable
 
 
@@ -168,3 +148,30 @@ def test_parse_npz_rejects_members_declaring_more_than_the_file():
 def test_parse_json_rejects_overflowing_and_oversized_values(text, reason):
     with pytest.raises(ChannelError, match=reason):
         parse_json(text)
+
+
+# --- four results that raised in the parent instead of coming back as a verdict (issue 23 item 1) ---------
+
+F8 = "{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }"
+
+
+@pytest.mark.parametrize("data,reason", [
+    # ast.literal_eval raised TypeError building the header dict
+    (stored_npz(r0=npy_bytes("{['descr']: 1, 'fortran_order': False, 'shape': (1,)}", b"\0" * 8)), "unreadable header"),
+    # zero bytes of data, but numpy cannot make an array with a dimension of 2**63 (ValueError)
+    (stored_npz(r0=npy_bytes(f"{{'descr': '<f8', 'fortran_order': False, 'shape': (0, {2 ** 63}), }}")), "a dimension past"),
+    # zipfile raised NotImplementedError("zip file version 10.0") while listing the members
+    (zip_bytes([("r0.npy", npy_bytes(F8, b"\0" * 8))], central={0: {"version": 100}}), "version 10.0"),
+    # a zip64 header offset of 2**64-1: BytesIO.seek raised OverflowError
+    (zip_bytes([("r0.npy", npy_bytes(F8, b"\0" * 8))], central={0: {"offset": 0xFFFFFFFF}},
+               extras={0: zip64_extra(2 ** 64 - 1)}), "outside the file"),
+])
+def test_results_that_raised_now_get_a_reason(data, reason):
+    with pytest.raises(ChannelError, match=reason):
+        parse_npz(data, 8 << 20)
+
+
+def test_a_forged_zip_that_is_valid_still_parses():
+    """The forgeries above differ from this one only in the field named."""
+    (got,) = parse_npz(zip_bytes([("r0.npy", npy_bytes(F8, b"\0" * 8))]), 8 << 20)
+    assert got.tolist() == [0.0]
