@@ -10,7 +10,7 @@ Modules, parent side first:
     cgroups         per-run cgroups: memory, pids and cpu limits, OOM detection, whole-tree kill
     spawner         one long-lived thread that forks every sandbox (PR_SET_PDEATHSIG)
     cleanup         removing run dirs safely; reaping those of dead processes
-    result_channel  the parent's reader of the program's outputs: bounded, pickle-free, finite data
+    result_channel  the parent's reader of the program's outputs (pipes): bounded, pickle-free, finite data
     seccomp         the seccomp-bpf filter
     runner          the script that runs inside the sandbox (copied out and run as a file, stdlib only)
 """
@@ -18,12 +18,11 @@ Modules, parent side first:
 from __future__ import annotations
 
 from envs.sandbox.detect import current_profile, detect_profile
-from envs.sandbox.execute import (Limits, SandboxJob, SandboxOutcome, library_paths, nproc_limit, result_file,
-                                  run_with_profile)
+from envs.sandbox.execute import Limits, SandboxJob, SandboxOutcome, library_paths, nproc_limit, run_with_profile
 from envs.sandbox.profile import LAYERS, SandboxProfile
 
 __all__ = ["LAYERS", "Limits", "SandboxJob", "SandboxOutcome", "SandboxProfile", "current_profile", "detect_profile",
-           "library_paths", "nproc_limit", "result_file", "run_sandboxed", "run_with_profile"]
+           "library_paths", "nproc_limit", "run_sandboxed", "run_with_profile"]
 
 
 def run_sandboxed(job: SandboxJob, limits: Limits = Limits(), profile: SandboxProfile | None = None) -> SandboxOutcome:

@@ -7,7 +7,7 @@
   bwrap: new ipc/pid/net/uts/cgroup namespaces (+user when not root), read-only system and interpreter,
          one size-limited private tmpfs /tmp holding the cwd /job (our inputs bound read-only into it),
          a small size-limited /dev/shm, everything else read-only; no host-writable dir at all (results
-         go through two inherited fds); empty environment, die-with-parent, new session
+         go through two inherited pipes, as do stdout and stderr); empty environment, die-with-parent, new session
   setpriv --reuid/--regid 65534, no groups, no capabilities, pdeathsig   -- inside bwrap, when root
   seccomp filter: bwrap --seccomp FD, or loaded by the runner itself when there is no bwrap
   python -I -S runner.py                              -- execs the program, writes its outputs as data
@@ -34,7 +34,7 @@ JOB_IN_TMP = "/tmp/.job"  # the program's cwd; /job is a symlink to it
 
 @dataclass(frozen=True)
 class RunPaths:
-    run_dir: str  # host dir of the run; also holds the channel files the parent reads
+    run_dir: str  # host dir of the run (the job dir in it)
     job_dir: str  # host dir with our inputs (program.py, call.json, inputs.npz)
     runner: str  # host path of the runner script
     seccomp: str | None  # host path of the compiled BPF filter

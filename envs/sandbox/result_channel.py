@@ -1,16 +1,21 @@
-"""The parent's side of the result channel: read what a sandboxed program left behind, defensively.
+"""The parent's side of the result channel: collect what a sandboxed program writes, and parse it defensively.
 
-Everything in a run's out/ dir was written by untrusted code. Rules (SANDBOX.md §5):
-  * open with O_NOFOLLOW | O_NONBLOCK relative to the out dir's fd: a planted symlink fails (ELOOP),
-    a FIFO never blocks, and only a regular file (S_ISREG) under the size cap is read;
+Everything a program writes is untrusted. Rules (SANDBOX.md §5, issue 23):
+  * its four outputs (stdout, stderr, the runner's status and result) are pipes, read by the parent while the
+    program runs, each up to a cap; past the cap the parent closes its end (the writer gets EPIPE) and the
+    output counts as over its cap. A pipe is no host file: it cannot be fallocated, truncated or seeked, so
+    no call on an inherited fd reserves host disk (fallocate(FALLOC_FL_KEEP_SIZE) on a file ignores
+    RLIMIT_FSIZE). After the program has ended the parent reads what is left without blocking, so a
+    descendant still holding a pipe cannot make it wait;
   * npz: a zip whose members are exactly r0.npy, r1.npy, ..., each stored uncompressed (no zip bombs) with a
     declared size under the cap and together no larger than the file (no members sharing bytes); each .npy
     header is parsed by us and checked BEFORE anything is allocated: a plain numeric dtype (no object, no
     structured or subarray dtypes, so never pickle), a shape whose byte count equals the bytes present (a
-    header claiming a 64 TiB array made np.load allocate it); the array is then a view of those bytes;
+    header claiming a 64 TiB array made np.load allocate it) and whose every dimension is bounded;
   * JSON: capped bytes, NaN/Infinity (also as overflowing literals like 1e999) rejected, bounded nesting,
     integers bounded in length.
-Failures raise ChannelError with a one-line reason; the caller turns that into an `invalid` record.
+Failures raise ChannelError with a one-line reason; the caller turns that into an `invalid` record. No other
+exception escapes the parsers, whatever the bytes (tests/envs/test_envs_result_fuzz.py).
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import json
 import math
 import os
 import re
-import stat
 import zipfile
 from typing import Any
 
@@ -32,53 +36,78 @@ class ChannelError(ValueError):
     """The program's output cannot be read as the data we asked for."""
 
 
-def read_capped(dir_path: str, name: str, cap: int) -> bytes | None:
-    """The bytes of dir_path/name if it is a regular file of at most `cap` bytes; None if it is absent."""
-    dir_fd = os.open(dir_path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise ChannelError(f"{name}: cannot open safely ({os.strerror(e.errno)})") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ChannelError(f"{name}: not a regular file")
-            if st.st_size > cap:
-                raise ChannelError(f"{name}: {st.st_size} bytes, over the {cap} byte cap")
-            chunks, total = [], 0
-            while total <= cap:
-                chunk = os.read(fd, min(1 << 20, cap + 1 - total))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
-            if total > cap:
-                raise ChannelError(f"{name}: grew past the {cap} byte cap while being read")
-            return b"".join(chunks)
-        finally:
+class OutputPipes:
+    """One pipe per output of a run. `caps[name]`: the most bytes read from it; `tails[name]`: keep only its last
+    that many bytes (logs, for humans and prompts only), else everything up to the cap.
+
+        pipes = OutputPipes({"stdout": ..., "result": ...}, tails={"stdout": 2000})
+        Popen(..., stdout=pipes.write_fds["stdout"], pass_fds=...); pipes.close_write_ends()
+        while running: pipes.read(fd) for the fds poll() reports (pipes.read_fds)
+        pipes.drain(); bytes(pipes.data["result"]), "result" in pipes.over_cap; pipes.close()
+    """
+
+    def __init__(self, caps: dict[str, int], tails: dict[str, int] | None = None):
+        self.caps, self.tails = caps, tails or {}
+        self.data = {name: bytearray() for name in caps}
+        self.received = {name: 0 for name in caps}
+        self.over_cap: set[str] = set()
+        self.write_fds: dict[str, int] = {}
+        self._names: dict[int, str] = {}  # read end -> output name, while open
+        for name in caps:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            self._names[r], self.write_fds[name] = name, w
+
+    @property
+    def read_fds(self) -> list[int]:
+        return list(self._names)
+
+    def close_write_ends(self) -> None:
+        """Once the child holds them: ours would keep the pipes from ever reaching EOF."""
+        for fd in self.write_fds.values():
             os.close(fd)
-    finally:
-        os.close(dir_fd)
+        self.write_fds = {}
 
+    def read(self, fd: int) -> int:
+        """Read what is ready on `fd` (poll said so; or non-blocking); closes it at EOF or past its cap.
+        Returns the bytes received (0: at its end, or nothing there yet)."""
+        name = self._names[fd]
+        room = self.caps[name] - self.received[name]
+        try:
+            chunk = os.read(fd, min(1 << 16, room + 1))
+        except BlockingIOError:
+            return 0
+        except OSError:
+            chunk = b""
+        self.received[name] += len(chunk)
+        if self.received[name] > self.caps[name]:
+            self.over_cap.add(name)
+            chunk = chunk[:room]
+        buf, keep = self.data[name], self.tails.get(name)
+        buf += chunk
+        if keep and len(buf) > 2 * keep:
+            del buf[:-keep]
+        if not chunk or name in self.over_cap:
+            self._close(fd)
+        return len(chunk)
 
-def read_tail(dir_path: str, name: str, n_chars: int) -> str:
-    """The last `n_chars` characters of a log file (for humans and prompts only; never parsed)."""
-    try:
-        fd = os.open(os.path.join(dir_path, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return ""
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return ""
-        os.lseek(fd, max(0, st.st_size - 4 * n_chars), os.SEEK_SET)
-        data = os.read(fd, 4 * n_chars)
-    finally:
+    def drain(self) -> None:
+        """Everything already in the pipes, without waiting for writers that may never close them."""
+        for fd in self.read_fds:
+            os.set_blocking(fd, False)
+            while fd in self._names and self.read(fd) > 0:
+                pass
+
+    def text(self, name: str, n_chars: int) -> str:
+        return self.data[name][-4 * n_chars:].decode("utf-8", "replace")[-n_chars:]
+
+    def _close(self, fd: int) -> None:
+        del self._names[fd]
         os.close(fd)
-    return data.decode("utf-8", "replace")[-n_chars:]
+
+    def close(self) -> None:
+        for fd in self.read_fds:
+            self._close(fd)
+        self.close_write_ends()
 
 
 _MEMBER = re.compile(r"r(\d{1,3})\.npy")

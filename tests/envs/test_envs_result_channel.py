@@ -1,14 +1,16 @@
-"""The parent's reader of sandbox outputs: only bounded, regular, pickle-free, finite data gets through."""
+"""The parent's reader of sandbox outputs: only bounded, pickle-free, finite data gets through, from pipes."""
 
 from __future__ import annotations
 
 import io
 import os
+import select
+import time
 
 import numpy as np
 import pytest
 
-from envs.sandbox.result_channel import ChannelError, finite_float_array, parse_json, parse_npz, read_capped, read_tail
+from envs.sandbox.result_channel import ChannelError, OutputPipes, finite_float_array, parse_json, parse_npz
 from result_forge import npy_bytes, npz_bytes, saved, zip64_extra, zip_bytes
 
 
@@ -16,35 +18,78 @@ def stored_npz(**members: bytes) -> bytes:
     return zip_bytes([(name + ".npy", raw) for name, raw in members.items()])
 
 
-def test_read_capped_reads_regular_files_and_reports_absence(tmp_path):
-    (tmp_path / "a").write_bytes(b"hello")
-    assert read_capped(str(tmp_path), "a", 5) == b"hello"
-    assert read_capped(str(tmp_path), "missing", 5) is None
+def collect(pipes: OutputPipes, writes: dict[str, bytes], keep_open: bool = False) -> None:
+    """Write to the pipes as a program would (from a thread: a pipe holds 64 KiB), then read like the parent."""
+    import threading
+
+    fds = {name: os.dup(fd) for name, fd in pipes.write_fds.items()}
+    pipes.close_write_ends()
+
+    def writer():
+        for name, data in writes.items():
+            try:
+                _write_all(fds[name], data)
+            except BrokenPipeError:  # the parent closed its end at the cap
+                pass
+        if not keep_open:
+            for fd in fds.values():
+                os.close(fd)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while pipes.read_fds and time.monotonic() < deadline:
+        ready, _, _ = select.select(pipes.read_fds, [], [], 0.05)
+        for fd in ready:
+            pipes.read(fd)
+        if keep_open and not thread.is_alive():
+            break
+    thread.join()
+    pipes.drain()
+    if keep_open:
+        for fd in fds.values():
+            os.close(fd)
 
 
-@pytest.mark.parametrize("kind,reason", [("symlink", "cannot open safely"), ("fifo", "not a regular file"),
-                                         ("big", "over the"), ("dir", "not a regular file")])
-def test_read_capped_refuses_hostile_files(tmp_path, kind, reason):
-    target = tmp_path / "result"
-    if kind == "symlink":
-        (tmp_path / "secret").write_text("secret")
-        os.symlink(tmp_path / "secret", target)
-    elif kind == "fifo":
-        os.mkfifo(target)  # opening must not block
-    elif kind == "big":
-        with open(target, "wb") as f:
-            f.truncate(10 << 20)  # sparse: large size, no data
-    else:
-        target.mkdir()
-    with pytest.raises(ChannelError, match=reason):
-        read_capped(str(tmp_path), "result", 1 << 20)
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
-def test_read_tail_returns_only_the_end(tmp_path):
-    (tmp_path / "log").write_text("x" * 1000 + "THE END")
-    assert read_tail(str(tmp_path), "log", 7) == "THE END"
-    os.symlink(tmp_path / "log", tmp_path / "link")
-    assert read_tail(str(tmp_path), "link", 7) == ""
+def test_output_pipes_keep_everything_up_to_the_cap_and_logs_as_tails():
+    pipes = OutputPipes({"result": 1 << 20, "stdout": 1 << 20, "status": 100}, tails={"stdout": 7})
+    try:
+        collect(pipes, {"result": b"r" * 300_000, "stdout": b"x" * 1000 + b"THE END", "status": b'{"ok": true}'})
+        assert bytes(pipes.data["result"]) == b"r" * 300_000 and pipes.text("stdout", 7) == "THE END"
+        assert bytes(pipes.data["status"]) == b'{"ok": true}' and not pipes.over_cap and not pipes.read_fds
+    finally:
+        pipes.close()
+
+
+def test_output_pipes_stop_reading_past_the_cap():
+    """Past its cap an output is closed (the writer gets EPIPE) and marked, never read without end."""
+    pipes = OutputPipes({"result": 1000, "stdout": 4096}, tails={"stdout": 10})
+    try:
+        collect(pipes, {"result": bytes(5 << 20), "stdout": b"y" * (1 << 20)})
+        assert pipes.over_cap == {"result", "stdout"}
+        assert len(pipes.data["result"]) == 1000 and pipes.received["result"] == 1001
+        assert pipes.received["stdout"] == 4097 and pipes.text("stdout", 10) == "y" * 10
+    finally:
+        pipes.close()
+
+
+def test_output_pipes_drain_without_waiting_for_a_writer_that_never_closes():
+    """A descendant of the program that still holds a pipe (a setsid escapee) cannot make the parent wait."""
+    pipes = OutputPipes({"status": 100, "result": 100})
+    try:
+        t0 = time.monotonic()
+        collect(pipes, {"status": b"done"}, keep_open=True)
+        assert bytes(pipes.data["status"]) == b"done" and pipes.data["result"] == b""
+        assert time.monotonic() - t0 < 5 and len(pipes.read_fds) == 2  # still open: no EOF came
+    finally:
+        pipes.close()
+    assert pipes.read_fds == [] and pipes.write_fds == {}
 
 
 def test_parse_npz_accepts_numeric_members_in_order():
