@@ -8,6 +8,7 @@ Modules, parent side first:
     detect          which layers this host offers, found by trial once per process (current_profile)
     command         the command line of a run: cgroup launcher, prlimit, setpriv, bwrap, environment
     cgroups         per-run cgroups: memory, pids and cpu limits, OOM detection, whole-tree kill
+    identity        each evaluation's own uid (root), leased from a reserved range
     spawner         one long-lived thread that forks every sandbox (PR_SET_PDEATHSIG)
     cleanup         removing run dirs safely; reaping those of dead processes
     result_channel  the parent's reader of the program's outputs (pipes): bounded, pickle-free, finite data

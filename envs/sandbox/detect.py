@@ -60,6 +60,7 @@ def _candidate_profile(disabled: set[str]) -> SandboxProfile:
     base = _private_dir(os.path.join(tempfile.gettempdir(), f"ttt_sandbox_{os.geteuid()}"), 0o711)
     lib_dir = _private_dir(os.path.join(base, "lib"), 0o755)
     runs_dir = _private_dir(os.path.join(base, "runs"), 0o711)
+    uids_dir = _private_dir(os.path.join(base, "uids"), 0o700)
     with open(os.path.join(os.path.dirname(__file__), "runner.py"), "rb") as f:
         runner = f.read()
     runner_path = _install_file(lib_dir, "runner.py", runner)
@@ -105,7 +106,7 @@ def _candidate_profile(disabled: set[str]) -> SandboxProfile:
                              prlimit=tools["prlimit"], setpriv=tools["setpriv"], drop_uid=drop_uid,
                              bwrap=tools["bwrap"], bwrap_tmpfs_size=tmpfs_size, taskset=tools["taskset"],
                              seccomp_path=seccomp_path,
-                             runner_path=runner_path, runs_dir=runs_dir, off=off)
+                             runner_path=runner_path, runs_dir=runs_dir, uids_dir=uids_dir, off=off)
     for layer in disabled:
         profile = profile.without(layer, "disabled by TTT_SANDBOX_DISABLE")
     return profile

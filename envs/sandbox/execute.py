@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from envs.sandbox import command as cmd
+from envs.sandbox import identity
 from envs.sandbox import spawner as sandbox_spawner
 from envs.sandbox.cleanup import remove_tree
 from envs.sandbox.profile import SandboxProfile
@@ -127,7 +128,7 @@ def _output_pipes(limits: Limits) -> OutputPipes:
 
 
 def _prepare(job: SandboxJob, limits: Limits, profile: SandboxProfile, run_dir: str,
-             channels: dict[str, int]) -> cmd.RunPaths:
+             channels: dict[str, int], uid: int) -> cmd.RunPaths:
     job_dir = os.path.join(run_dir, "job")
     os.mkdir(job_dir, 0o700)
     in_bwrap = bool(profile.bwrap)
@@ -147,7 +148,10 @@ def _prepare(job: SandboxJob, limits: Limits, profile: SandboxProfile, run_dir: 
             np.savez(f, **{k: np.asarray(v) for k, v in job.inputs.items()})
         os.chmod(os.path.join(job_dir, "inputs.npz"), 0o644)
     if profile.drop_uid:
-        os.chown(job_dir, cmd.SANDBOX_UID, cmd.SANDBOX_UID)  # the cwd of a run without bwrap
+        os.chown(job_dir, uid, uid)  # the cwd of a run without bwrap
+    if in_bwrap:  # its /etc/passwd and /etc/group name its uid (getpass, pwd.getpwuid work as usual)
+        for name, text in cmd.account_files(uid).items():
+            _write(os.path.join(run_dir, name), text.encode())
     return cmd.RunPaths(run_dir, job_dir, profile.runner_path, profile.seccomp_path)
 
 
@@ -165,9 +169,9 @@ def _cpu_seconds(limits: Limits) -> int:
 
 
 def nproc_limit(limits: Limits) -> int:
-    """RLIMIT_NPROC when there is no pids cgroup: it counts every process of the sandbox uid on the host,
-    so it leaves room for a few concurrent sandboxes."""
-    return 4 * limits.max_pids
+    """RLIMIT_NPROC when there is no pids cgroup: it counts every process of the evaluation's uid on the host,
+    which only this evaluation uses (envs/sandbox/identity.py)."""
+    return limits.max_pids
 
 
 _next_core = itertools.count()
@@ -180,7 +184,7 @@ def _pick_cores(n: int) -> list[int]:
     return sorted({allowed[(start + i) % len(allowed)] for i in range(min(max(1, n), len(allowed)))})
 
 
-def _argv(paths: cmd.RunPaths, limits: Limits, profile: SandboxProfile, cgroups, seccomp_fd: int | None):
+def _argv(paths: cmd.RunPaths, limits: Limits, profile: SandboxProfile, cgroups, seccomp_fd: int | None, uid: int):
     env = cmd.sandbox_env(limits.cpus, "/job" if profile.bwrap else paths.job_dir)
     argv: list[str] = cmd.cgroup_launcher(cgroups.procs_files) if cgroups else []
     if profile.taskset and not (cgroups and cgroups.cpu_limited):
@@ -190,7 +194,7 @@ def _argv(paths: cmd.RunPaths, limits: Limits, profile: SandboxProfile, cgroups,
         nproc = None if pids_cgroup or not profile.drop_uid else nproc_limit(limits)
         argv += cmd.prlimit_args(profile.prlimit, _cpu_seconds(limits), limits.as_bytes,
                                  limits.file_size_mb << 20, limits.max_open_files, nproc)
-    inner_drop = cmd.setpriv_drop(profile.setpriv) if profile.drop_uid else []
+    inner_drop = cmd.setpriv_drop(profile.setpriv, uid) if profile.drop_uid else []
     if profile.bwrap:
         if profile.setpriv:
             argv += [profile.setpriv, "--pdeathsig", "KILL"]
@@ -249,17 +253,19 @@ def run_with_profile(job: SandboxJob, limits: Limits, profile: SandboxProfile) -
     t0 = time.perf_counter()
     run_dir = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=profile.runs_dir)
     os.chmod(run_dir, 0o711)
-    cgroups, seccomp_fd = None, None
+    cgroups, seccomp_fd, uid_lease = None, None, None
     pipes = _output_pipes(limits)
     try:
+        uid_lease = identity.lease(profile.uids_dir) if profile.drop_uid else None
+        uid = uid_lease.uid if uid_lease else os.getuid()
         channels = {"status_fd": pipes.write_fds["status"], "result_fd": pipes.write_fds["result"]}
-        paths = _prepare(job, limits, profile, run_dir, channels)
+        paths = _prepare(job, limits, profile, run_dir, channels, uid)
         if profile.cgroups is not None:
             # the private tmpfs is memory charged to this cgroup: give it room on top of the memory budget
             memory = (limits.memory_mb + (limits.disk_mb if profile.bwrap else 0)) << 20
             cgroups = profile.cgroups.create(uuid.uuid4().hex[:12], memory, limits.max_pids, limits.cpus)
         seccomp_fd = os.open(profile.seccomp_path, os.O_RDONLY) if profile.bwrap and profile.seccomp_path else None
-        argv, env, cwd = _argv(paths, limits, profile, cgroups, seccomp_fd)
+        argv, env, cwd = _argv(paths, limits, profile, cgroups, seccomp_fd, uid)
         proc = sandbox_spawner.popen(argv, stdin=subprocess.DEVNULL, stdout=pipes.write_fds["stdout"],
                                      stderr=pipes.write_fds["stderr"], env=env, cwd=cwd, start_new_session=True,
                                      close_fds=True,
@@ -282,6 +288,8 @@ def run_with_profile(job: SandboxJob, limits: Limits, profile: SandboxProfile) -
             os.close(seccomp_fd)
         if cgroups is not None:
             cgroups.destroy()
+        if uid_lease is not None:  # without a cgroup kill or a pid namespace, its uid finds the whole tree
+            uid_lease.release(sweep=not (profile.bwrap or (cgroups is not None and cgroups.support.tree_kill)))
         remove_tree(run_dir)  # never raises; what it cannot delete, the reaper deletes after we are gone
     outcome.wall_s = time.perf_counter() - t0
     return outcome
