@@ -24,7 +24,7 @@ import time
 
 UID_BASE = 1_990_000_000
 UID_COUNT = 4096
-_CLEAN = b"clean"
+_CLEAN, _IN_USE = b"clean", b"inuse"  # the lease file's content; the same length
 
 
 class UidLease:
@@ -58,7 +58,7 @@ def lease(lock_dir: str) -> UidLease:
             continue
         if os.pread(fd, len(_CLEAN), 0) != _CLEAN:  # new, or its last holder died without releasing it
             kill_uid(uid)
-        os.ftruncate(fd, 0)  # not clean until released so
+        os.pwrite(fd, _IN_USE, 0)  # not clean until released so (an overwrite: cheaper than a truncate)
         return UidLease(uid, fd)
     raise RuntimeError(f"all {UID_COUNT} sandbox uids ({UID_BASE}+) are leased: too many concurrent evaluations "
                        "on this host")
