@@ -155,7 +155,7 @@ def _run_cgroup(run_pid: int, run_id: str):
     dirs = own_dirs()
     for hierarchy in ("unified", "freezer"):
         own = dirs.get(hierarchy)
-        if own is None or (hierarchy == "unified" and _read(os.path.join(own, "cgroup.subtree_control")).strip()):
+        if own is None or (hierarchy == "unified" and _controllers_below(own)):
             continue  # v2 with controllers enabled below us: a leaf for the run would take them from the sandbox
         _remove_dead_runs(own)
         leaf = os.path.join(own, CGROUP_PREFIX + run_id)
@@ -187,12 +187,12 @@ def _remove_dead_runs(own: str) -> None:
                 pass
 
 
-def _read(path: str) -> str:
+def _controllers_below(own: str) -> bool:
     try:
-        with open(path) as f:
-            return f.read()
+        with open(os.path.join(own, "cgroup.subtree_control")) as f:
+            return bool(f.read().split())
     except OSError:
-        return ""
+        return False
 
 
 def _said_finished(finished_r: int) -> bool:
@@ -259,13 +259,12 @@ def _descendants(table: dict, roots: set[int]) -> set[int]:
 
 def _marked(pid: int, run_id: str, rttime: int | None) -> bool:
     """The process carries the run's rlimit marker or its environment marker."""
-    if rttime is not None:
-        for line in _read(f"/proc/{pid}/limits").splitlines():
-            if line.startswith("Max realtime timeout"):
-                if line.split()[-2] == str(rttime):  # the hard limit
-                    return True
-                break
     try:
+        if rttime is not None:
+            with open(f"/proc/{pid}/limits") as f:  # readable by anyone
+                line = next((x for x in f if x.startswith("Max realtime timeout")), "")
+            if line.split()[-2:-1] == [str(rttime)]:  # soft, hard, units: the hard limit
+                return True
         with open(f"/proc/{pid}/environ", "rb") as f:
             return f"{MARKER}={run_id}".encode() in f.read().split(b"\0")
     except OSError:  # gone, or not ours
