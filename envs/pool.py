@@ -68,7 +68,8 @@ def _evaluate_one(env: Env, completion: str, state: State, isolation: str | None
     return result
 
 
-def _evaluate_batch(env: Env, jobs: list[tuple[int, str, State]], isolation: str | None) -> list[tuple[int, VerifyResult]]:
+def _evaluate_batch(env: Env, jobs: list[tuple[int, str, State]],
+                    isolation: str | None) -> list[tuple[int, VerifyResult]]:
     """One Ray task: one or more evaluations, each under its own limits, keyed by evaluation id."""
     import ray
 

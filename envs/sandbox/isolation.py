@@ -78,7 +78,8 @@ GUARANTEES: dict[str, tuple[str, Callable[[SandboxProfile], bool], Callable[[San
             lambda p: _fix(p, "cgroup_cpu", "install util-linux (taskset), or " + CGROUP_FIX.format("cpu"))),
     "seccomp": ("a seccomp filter (no new namespaces, mounts, ptrace, non-unix sockets)", _layer("seccomp"),
                 lambda p: _fix(p, "seccomp", f"libseccomp2 and the pyseccomp wheel ({p.off.get('seccomp', '')[:120]}): "
-                                             "apt-get install libseccomp2; pip install pyseccomp (requirements/cpu.lock)")),
+                                             "apt-get install libseccomp2; pip install pyseccomp "
+                                             "(requirements/cpu.lock)")),
 }
 REQUIRED = {
     "strict": tuple(GUARANTEES),

@@ -204,7 +204,8 @@ F8 = "{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }"
     # ast.literal_eval raised TypeError building the header dict
     (stored_npz(r0=npy_bytes("{['descr']: 1, 'fortran_order': False, 'shape': (1,)}", b"\0" * 8)), "unreadable header"),
     # zero bytes of data, but numpy cannot make an array with a dimension of 2**63 (ValueError)
-    (stored_npz(r0=npy_bytes(f"{{'descr': '<f8', 'fortran_order': False, 'shape': (0, {2 ** 63}), }}")), "a dimension past"),
+    (stored_npz(r0=npy_bytes(f"{{'descr': '<f8', 'fortran_order': False, 'shape': (0, {2 ** 63}), }}")),
+     "a dimension past"),
     # zipfile raised NotImplementedError("zip file version 10.0") while listing the members
     (zip_bytes([("r0.npy", npy_bytes(F8, b"\0" * 8))], central={0: {"version": 100}}), "version 10.0"),
     # a zip64 header offset of 2**64-1: BytesIO.seek raised OverflowError

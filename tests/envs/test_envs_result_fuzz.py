@@ -144,7 +144,8 @@ def json_value(rng: random.Random, depth: int = 0):
         return {"value": rng.choice((1, [1, 2], "x"))} if rng.random() < 0.5 else {"error": "E"}
     if kind in (5, 6):
         return [json_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
-    return {rng.choice(("value", "error", "a", "", "\ud83d")): json_value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+    keys = ("value", "error", "a", "", "\ud83d")
+    return {rng.choice(keys): json_value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
 
 
 def json_case(rng: random.Random) -> bytes:

@@ -16,7 +16,7 @@ from envs.sandbox import Limits, SandboxJob, run_sandboxed
 from envs.sandbox.detect import current_profile, detect_profile
 from envs.sandbox.identity import UID_BASE, UID_COUNT, kill_uid, lease, processes_of
 
-VICTIM = "import os, time\ndef main():\n    time.sleep(float(os.environ.get('HOLD', '5')))\n    return [os.getuid(), os.getpid()]\n"
+VICTIM = "import os, time\ndef main(hold_s):\n    time.sleep(hold_s)\n    return [os.getuid(), os.getpid()]\n"
 
 # Finds every other sandboxed program on the host (runner.py processes of another job dir) and attacks it.
 ATTACKER = """
@@ -66,7 +66,7 @@ def run_pair(profile, hold_s: float = 5.0):
     limits = Limits(timeout_s=30)
 
     def victim():
-        job = SandboxJob(VICTIM.replace("os.environ.get('HOLD', '5')", repr(str(hold_s))), "main", result="json")
+        job = SandboxJob(VICTIM, "main", result="json", args=[hold_s])
         results["victim"] = run_sandboxed(job, limits, profile=profile)
 
     thread = threading.Thread(target=victim)

@@ -66,7 +66,8 @@ def test_each_level_is_a_set_of_guarantees(profile, disabled, unmet, strongest):
 def test_the_fix_names_the_package_or_the_setting():
     base = detect_profile(set())
     cases = {  # the reason a layer is off (as detection words it) -> what the line tells the user to do
-        "`bwrap` not installed (scripts/install_sandbox_tools.sh)": "install bubblewrap: bash scripts/install_sandbox_tools.sh",
+        "`bwrap` not installed (scripts/install_sandbox_tools.sh)":
+            "install bubblewrap: bash scripts/install_sandbox_tools.sh",
         "self-test failed with it on (setting up uid map: Permission denied)":
             "bwrap fails here (self-test failed with it on (setting up uid map: Permission denied))",
     }
