@@ -119,9 +119,17 @@ class HFSampler:
         picked_B = torch.searchsorted(cdf_BV, (u_B * cdf_BV[:, -1])[:, None], right=True)[:, 0]
         return picked_B.clamp(max=logp_BV.shape[-1] - 1)
 
-    def _stopped_by_string(self, tokens: list[int], stops: list[str]) -> str | None:
-        """The text up to the first stop string, if one has appeared (vLLM's default: stop string excluded)."""
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+    def _stopped_by_string(self, tokens_BT: list[torch.Tensor], b: int, stops: list[str]) -> str | None:
+        """The text up to the first stop string, if one has appeared (vLLM's default: stop string excluded).
+
+        Called after every token, so only the tail that can hold a stop string just completed is decoded (a
+        character takes at most 4 byte-level tokens; 4 more keep the match clear of the window's first token,
+        whose decoding can depend on what precedes it); the whole row is decoded once, when one is found."""
+        window = 4 * max(len(s) for s in stops) + 4
+        tail = self.tokenizer.decode([int(x[b]) for x in tokens_BT[-window:]], skip_special_tokens=True)
+        if not any(s in tail for s in stops):
+            return None
+        text = self.tokenizer.decode([int(x[b]) for x in tokens_BT], skip_special_tokens=True)
         cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
         return text[:min(cuts)] if cuts else None
 
@@ -174,7 +182,7 @@ class HFSampler:
             finished_B = ~done_B & torch.isin(next_B, stop_ids)
             if stop_strs:
                 for b in (~done_B & ~finished_B).nonzero()[:, 0].tolist():
-                    cut = self._stopped_by_string([int(x[b]) for x in tokens_BT], stop_strs)
+                    cut = self._stopped_by_string(tokens_BT, b, stop_strs)
                     if cut is not None:
                         texts[b] = cut
                         finished_B[b] = True

@@ -1,7 +1,12 @@
 """In-process vLLM sampler with versioned LoRA hot-swap and processed (post-temperature/top-p) logprobs.
 
-Each adapter version gets a fresh lora_int_id (re-using an id would let vLLM serve cached old weights);
-the previous version is removed once the new one is resident. Every sample carries its version.
+Two ways to serve an adapter (`adapter_mode`):
+- "lora": vLLM's LoRA path. Each adapter version gets a fresh lora_int_id (re-using an id would let vLLM serve
+  cached old weights); the previous version is removed once the new one is resident.
+- "merged": the adapter is merged into the base weights, which vLLM reloads in place (inference/vllm_weights.py);
+  the engine decodes at the plain model's speed (on CPU, vLLM's LoRA kernels cost more than a small model).
+  One version is resident at a time: asking for another (the base model for the KL reference, say) reloads.
+Every sample carries its version.
 """
 
 from __future__ import annotations
@@ -14,16 +19,20 @@ from inference.types import SampledSequence, SamplingParams
 class VLLMSampler:
     def __init__(self, model_path: str, *, max_lora_rank: int = 8, dtype: str = "float32",
                  max_model_len: int = 512, seed: int = 0, gpu_memory_utilization: float = 0.1,
-                 enforce_eager: bool = True, max_num_seqs: int = 64, **engine_kwargs):
+                 enforce_eager: bool = True, max_num_seqs: int = 64, adapter_mode: str = "lora", **engine_kwargs):
         from vllm import LLM
 
-        self.llm = LLM(model=model_path, enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1,
-                       max_cpu_loras=2, dtype=dtype, max_model_len=max_model_len, seed=seed,
+        if adapter_mode not in ("lora", "merged"):
+            raise ValueError(f"adapter_mode must be 'lora' or 'merged', got {adapter_mode!r}")
+        lora = dict(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1, max_cpu_loras=2) \
+            if adapter_mode == "lora" else dict(worker_extension_cls="inference.vllm_weights.MergedWeights")
+        self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-                       max_num_seqs=max_num_seqs, logprobs_mode="processed_logprobs", **engine_kwargs)
-        self.max_model_len = max_model_len
-        self._adapters: dict[int, object] = {}  # version -> LoRARequest
+                       max_num_seqs=max_num_seqs, logprobs_mode="processed_logprobs", **lora, **engine_kwargs)
+        self.max_model_len, self.adapter_mode = max_model_len, adapter_mode
+        self._adapters: dict[int, object] = {}  # version -> LoRARequest ("lora") or adapter dir ("merged")
         self._next_lora_id = 1  # never reused: vLLM caches adapters by id
+        self._resident: int | None = None  # "merged": the version whose weights the engine holds
         self.version: int | None = None  # None = base model
 
     def close(self) -> None:
@@ -38,6 +47,16 @@ class VLLMSampler:
 
     def load_adapter(self, version: int, path: str) -> None:
         """Make `path` the adapter that samples are drawn from, as `version`; retire older versions."""
+        if self.adapter_mode == "merged":
+            from inference.lora_merge import merge_plan
+
+            if merge_plan(path) is None:
+                raise ValueError(f"adapter {path} is not plain linear LoRA (DoRA, embedding LoRA, saved modules, "
+                                 "...): vLLM can serve it only with adapter_mode=lora")
+            self._load_merged(path)
+            self._adapters = {version: path}
+            self._resident = self.version = version
+            return
         from vllm.lora.request import LoRARequest
 
         request = LoRARequest(f"v{version}-{self._next_lora_id}", self._next_lora_id, path)
@@ -50,12 +69,19 @@ class VLLMSampler:
         self._adapters[version] = request
         self.version = version
 
+    def _load_merged(self, path: str | None) -> None:
+        self.llm.collective_rpc("load_merged", args=(path,))
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+
     def _lora(self, version: int | None):
-        if version is None:
-            return None
-        if version not in self._adapters:
+        if version is not None and version not in self._adapters:
             raise ValueError(f"adapter version {version} is not loaded (loaded: {sorted(self._adapters)})")
-        return self._adapters[version]
+        if self.adapter_mode == "merged":
+            if version != self._resident:
+                self._load_merged(None if version is None else self._adapters[version])
+                self._resident = version
+            return None
+        return None if version is None else self._adapters[version]
 
     def sample(self, prompts_P: Sequence[Sequence[int]], num_samples: int, params: SamplingParams,
                seeds_P: Sequence[int | None] | None = None, version: int | None | str = "current",
