@@ -42,6 +42,7 @@ from envs.sandbox.profile import SandboxProfile
 from envs.sandbox.result_channel import ChannelError, OutputPipes, parse_json, parse_npz
 
 STATUS_CAP = 64 << 10
+DRIBBLES = 16  # wakeups in a row with less than a full pipe, after which the parent reads at most every 5 ms
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -219,6 +220,7 @@ def _wait_exit(proc: subprocess.Popen, timeout_s: float, pipes: OutputPipes) -> 
     poller = select.poll()
     for fd in pipes.read_fds + ([pidfd] if pidfd is not None else []):
         poller.register(fd, select.POLLIN)
+    dribbles = 0  # wakeups in a row that each found less than a full pipe
     try:
         while True:
             if pidfd is None and proc.poll() is not None:
@@ -226,13 +228,17 @@ def _wait_exit(proc: subprocess.Popen, timeout_s: float, pipes: OutputPipes) -> 
             left_ms = math.ceil((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 return False
+            got = 0
             for fd, _ in poller.poll(left_ms if pidfd is not None else min(20, left_ms)):
                 if fd == pidfd:
                     return True
                 if fd in pipes.read_fds:
-                    pipes.read(fd)
+                    got += pipes.read(fd)
                 if fd not in pipes.read_fds:  # at its end or over its cap
                     poller.unregister(fd)
+            dribbles = dribbles + 1 if 0 < got < 1 << 16 else 0
+            if dribbles >= DRIBBLES:  # a program writing byte by byte must not keep us busy: let its pipes fill
+                time.sleep(0.005)
     finally:
         if pidfd is not None:
             os.close(pidfd)

@@ -217,3 +217,23 @@ def test_output_past_its_cap_fails_the_program_not_the_host():
     out = run_sandboxed(SandboxJob(src, "main", result="json"), Limits(timeout_s=30, file_size_mb=2))
     assert out.status == "runtime_error" and "BrokenPipeError" in out.message, out.message
     assert out.stdout_tail == "z" * Limits().tail_chars
+
+
+def test_a_program_writing_byte_by_byte_does_not_keep_the_parent_busy(monkeypatch):
+    """The parent reads the pipes while the program runs; one that writes a byte at a time would wake it for
+    every byte. After a run of small reads the parent reads at most every 5 ms (the pipe buffers meanwhile)."""
+    import time
+
+    from envs.sandbox.result_channel import OutputPipes
+
+    reads = []
+    real_read = OutputPipes.read
+    monkeypatch.setattr(OutputPipes, "read", lambda self, fd: reads.append(fd) or real_read(self, fd))
+    src = ("import os, time\ndef main():\n    t0, n = time.monotonic(), 0\n    while time.monotonic() - t0 < 2:\n"
+           "        os.write(2, b'x')\n        n += 1\n    return n\n")
+    t0 = time.perf_counter()
+    out = run_sandboxed(SandboxJob(src, "main", result="json"), Limits(timeout_s=20))
+    wall = time.perf_counter() - t0
+    assert out.ok and out.value > 10_000 and out.stderr_tail == "x" * Limits().tail_chars, out.message
+    print(f"{out.value} one-byte writes, {len(reads)} reads by the parent in {wall:.1f} s")
+    assert len(reads) <= 200 * wall + 50  # one per 5 ms (the first 16 small reads come at once)
