@@ -1,11 +1,12 @@
 """Sandbox overhead per evaluation and verifier-pool throughput, each against a baseline from the same run.
 
-    .venv/bin/python bench/bench_sandbox.py [--runs 40] [--evals 64] [--work-s 0.25]
+    .venv/bin/python bench/bench_sandbox.py [--runs 40] [--evals 64] [--work-s 0.25] [--overhead-only]
 
-1. Overhead: median wall time of a bare `python -c pass` vs a full sandboxed evaluation of a trivial program
-   (run dir, cgroups, the whole launch stack, result read-back, clean-up), and the same protocol with every
+1. Overhead: median wall time of a bare `python -c pass`, of the same under bare bwrap (its namespaces, the
+   host's root read-only), of a full sandboxed evaluation of a trivial program (uid lease, run dir, cgroups,
+   the whole launch stack, output pipes, result read-back, clean-up), and of the same protocol with every
    protection layer off (what the runner protocol alone costs). Measurements are interleaved round-robin so
-   that load drift on a shared machine hits all variants alike. Goal: <= +30 ms median over the bare run.
+   that load drift on a shared machine hits all variants alike. Goal: <= +30 ms median over bare bwrap.
 2. Throughput: `--evals` CPU-bound circle-packing evaluations (each burns ~`--work-s` s of CPU, then returns a
    valid packing) sequentially in-process vs on a local Ray pool with 2 CPUs (and the threaded local backend),
    in interleaved rounds. Goal: >= 1.7x the sequential rate on 2 cores. As a ceiling, the same CPU work as
@@ -34,10 +35,17 @@ from envs.sandbox.profile import LAYERS  # noqa: E402
 TRIVIAL = SandboxJob("def main():\n    return 0\n", "main", result="json")
 
 
+BARE = "bare `python -c pass`"
+BARE_BWRAP = "bare bwrap + `python -c pass`"
+
+
 def overhead(runs: int) -> dict[str, float]:
     full, bare_protocol = current_profile(), detect_profile(set(LAYERS))
+    bwrap = [full.bwrap, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--unshare-all",
+             "--die-with-parent", "--new-session", sys.executable, "-c", "pass"]
     variants = {
-        "bare `python -c pass`": lambda: subprocess.run([sys.executable, "-c", "pass"], check=True),
+        BARE: lambda: subprocess.run([sys.executable, "-c", "pass"], check=True),
+        **({BARE_BWRAP: lambda: subprocess.run(bwrap, check=True)} if full.bwrap else {}),
         "runner protocol, no protection": lambda: run_sandboxed(TRIVIAL, Limits(timeout_s=30), profile=bare_protocol),
         "full sandbox": lambda: run_sandboxed(TRIVIAL, Limits(timeout_s=30), profile=full),
     }
@@ -117,6 +125,7 @@ def main() -> None:
     parser.add_argument("--evals", type=int, default=64)
     parser.add_argument("--work-s", type=float, default=0.25)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--overhead-only", action="store_true", help="part 1 only")
     args = parser.parse_args()
     layers = current_profile().layers()
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')} | {platform.node()} | {os.cpu_count()} CPUs | "
@@ -124,10 +133,14 @@ def main() -> None:
     print(f"# protections on: {', '.join(k for k, v in layers.items() if v)}; "
           f"off: {', '.join(k for k, v in layers.items() if not v) or 'none'}\n")
     ms = overhead(args.runs)
-    base = ms["bare `python -c pass`"]
-    print(f"| per-evaluation cost ({args.runs} runs, median) | ms | vs bare |\n|---|---:|---:|")
+    base, bwrap = ms[BARE], ms.get(BARE_BWRAP)
+    print(f"| per-evaluation cost ({args.runs} runs, median) | ms | vs bare | vs bare bwrap |\n|---|---:|---:|---:|")
     for name, value in ms.items():
-        print(f"| {name} | {value:.1f} | {value - base:+.1f} ms ({value / base:.2f}x) |")
+        over_bwrap = "" if bwrap is None else f"{value - bwrap:+.1f} ms"
+        print(f"| {name} | {value:.1f} | {value - base:+.1f} ms ({value / base:.2f}x) | {over_bwrap} |")
+    if args.overhead_only:
+        print(f"\n# load avg after: {os.getloadavg()[0]:.2f}")
+        return
     rates = throughput(args.evals, args.work_s, args.rounds)
     seq = rates["sequential (local, 1 slot)"]
     print(f"\n| {args.evals} CPU-bound evaluations (~{args.work_s:g} s CPU each) | evals/s | vs sequential |\n"

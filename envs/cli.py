@@ -1,7 +1,7 @@
 """`ttt verify` and `ttt render`: check or draw one program or construction, as in training.
 
-    ttt verify --env circle_packing --n 26 [--timeout SECONDS] PATH     PATH = program.py or construction.json
-    ttt render --env circle_packing --n 26 PATH [--out FILE.png]
+    ttt verify --env circle_packing --n 26 [--timeout SECONDS] [--sandbox-isolation LEVEL] PATH
+    ttt render --env circle_packing --n 26 PATH [--out FILE.png]     PATH = program.py or construction.json
 
 A run's best.json of a program task ({"program": ..., "task_id": ...}) verifies its program again.
 A construction file is a JSON list or object in the AlphaEvolve or TTT-Discover layout: circle packings as
@@ -10,7 +10,9 @@ results/mathematics/*.json), {"heights": ...}, {"values": ...} or, for erdos, {"
 
 `verify` prints exactly one JSON object (status, score, reward, value, message, ...) and exits 0 when the
 status is ok, 1 when the answer was verified and failed, 2 on bad input (unknown env, bad option, unreadable
-file): bad input is a one-line error record, never a traceback. Programs run in the same sandbox as training.
+file): bad input is a one-line error record, never a traceback. Programs run in the same sandbox as training,
+at the isolation level named by --sandbox-isolation (strict by default); a host that cannot keep it gets a
+one-line error record naming what is missing (exit 2), and the program does not run.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 from envs import render
 from envs.base import State, VerifyResult
 from envs.registry import ENVS, make_env
+from envs.sandbox import isolation
 from envs.user_input import InputError, read_input, verify_construction
 
 
@@ -40,6 +43,8 @@ def _parser(prog: str) -> _Parser:
     p.add_argument("--timeout", type=float, help="time limit in seconds for a program")
     p.add_argument("--task", help="task id for code (e.g. lis/0) and arc (e.g. c8f0f002)")
     p.add_argument("--dataset", help="dataset for tabular (e.g. breast_cancer)")
+    p.add_argument("--sandbox-isolation", default=isolation.DEFAULT, choices=isolation.LEVELS,
+                   help="the isolation a program must run under (weaker levels only by name; see the README)")
     p.add_argument("path", help="a program (.py) or a construction (.json)")
     return p
 
@@ -124,7 +129,10 @@ def run_verify(args: argparse.Namespace) -> VerifyResult:
 def verify_main(argv: list[str]) -> int:
     try:
         args = _parser("ttt verify").parse_args(argv)
-        result = run_verify(args)
+        with isolation.level(args.sandbox_isolation):
+            result = run_verify(args)
+    except isolation.IsolationError as e:
+        return _error(e.line("--sandbox-isolation {}"))
     except InputError as e:
         return _error(str(e))
     except Exception as e:  # a bug here must still answer with one record, not a traceback
@@ -140,7 +148,10 @@ def render_main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
         env = build_env(args)
         out = args.out or os.path.splitext(args.path)[0] + ".png"
-        info = render.render(env, args, out)
+        with isolation.level(args.sandbox_isolation):
+            info = render.render(env, args, out)
+    except isolation.IsolationError as e:
+        return _error(e.line("--sandbox-isolation {}"))
     except InputError as e:
         return _error(str(e))
     except Exception as e:

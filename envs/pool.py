@@ -13,6 +13,9 @@ per slot per batch); a slow verifier keeps one evaluation per task.
 Infrastructure failures (worker crash, OOM kill of the worker, lost node) are resubmitted a bounded number
 of times; program failures are final. Results are keyed by evaluation id and the first one wins, so a late
 duplicate can never overwrite a result.
+A host that cannot keep the pool's sandbox isolation level (checked at construction for a local pool, and by
+every evaluation wherever it runs) fails the evaluations' futures with IsolationError: the run stops rather
+than run programs less isolated than it asked (envs/sandbox/isolation.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence
 
 from envs.base import Env, State, VerifyResult, failed
+from envs.sandbox import isolation as sandbox_isolation
+from envs.sandbox.isolation import IsolationError
 
 
 MIN_TASK_S = 0.05  # evaluations faster than this on average are grouped into tasks of about this length
@@ -50,24 +55,28 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus or os.cpu_count(), _temp_dir=os.environ["RAY_TMPDIR"], **kwargs)
 
 
-def _evaluate_one(env: Env, completion: str, state: State) -> VerifyResult:
+def _evaluate_one(env: Env, completion: str, state: State, isolation: str | None) -> VerifyResult:
     t0 = time.perf_counter()
     try:
-        result = env.evaluate(completion, state)
+        with sandbox_isolation.level(isolation or sandbox_isolation.DEFAULT):
+            result = env.evaluate(completion, state)
+    except IsolationError:  # not this answer's failure: the run must not go on less isolated than it asked
+        raise
     except Exception as e:  # a verifier bug must not kill the run; record it
         result = failed("runtime_error", f"verifier raised {type(e).__name__}: {e}")
     result.wall_s = time.perf_counter() - t0
     return result
 
 
-def _evaluate_batch(env: Env, jobs: list[tuple[int, str, State]]) -> list[tuple[int, VerifyResult]]:
+def _evaluate_batch(env: Env, jobs: list[tuple[int, str, State]],
+                    isolation: str | None) -> list[tuple[int, VerifyResult]]:
     """One Ray task: one or more evaluations, each under its own limits, keyed by evaluation id."""
     import ray
 
     node = ray.get_runtime_context().get_node_id()  # where it ran, for cluster logs
     out = []
     for job_id, completion, state in jobs:
-        result = _evaluate_one(env, completion, state)
+        result = _evaluate_one(env, completion, state, isolation)
         result.extra["ray_node"] = node
         out.append((job_id, result))
     return out
@@ -82,11 +91,13 @@ def _infra_errors() -> tuple[type, ...]:
 
 
 class VerifierPool:
-    """Evaluate completions against an Env. backend='ray' spreads them over Ray workers."""
+    """Evaluate completions against an Env. backend='ray' spreads them over Ray workers. `isolation`: the sandbox
+    isolation level programs run under (strict unless named; unused by tasks that run no program)."""
 
     def __init__(self, env: Env, backend: str = "ray", address: str | None = None,
                  num_cpus: int | None = None, cpus_per_eval: float = 1.0, backstop_s: float | None = None,
-                 max_infra_retries: int = 2, progress: bool | None = None, progress_min: int = 32):
+                 max_infra_retries: int = 2, progress: bool | None = None, progress_min: int = 32,
+                 isolation: str = sandbox_isolation.DEFAULT):
         if backend not in ("ray", "local"):
             raise ValueError(f"unknown verifier backend {backend!r}: use 'ray' or 'local'")
         if not cpus_per_eval > 0:
@@ -97,12 +108,13 @@ class VerifierPool:
         self.backstop_s = backstop_s or ((1.25 * limit + 60.0) if limit else 600.0)
         self.max_infra_retries, self.progress, self.progress_min = max_infra_retries, progress, progress_min
         cpus = num_cpus or os.cpu_count() or 1
-        if address is None and getattr(env, "limits", None) is not None:
-            # programs will run on this host: detect the sandbox now, so a broken one fails here and the
-            # protections that are off are logged once in this process (Ray workers log to their own files)
-            from envs.sandbox.detect import current_profile
-
-            current_profile()
+        runs_programs = getattr(env, "limits", None) is not None
+        sandbox_isolation.check_name(isolation)
+        self.isolation = isolation if runs_programs else None  # None: no program, no sandbox
+        if runs_programs and address is None:
+            # programs will run on this host: one that cannot keep the level fails here, in one line, before
+            # anything starts; the protections that are off are logged once (Ray workers log to their own files)
+            sandbox_isolation.require(isolation)
         if backend == "ray":
             import ray
 
@@ -196,7 +208,11 @@ class VerifierPool:
 
     def _run_local(self, job: "_Job") -> None:
         job.attempts = 1
-        result = _evaluate_one(self.env, job.completion, job.state)
+        try:
+            result = _evaluate_one(self.env, job.completion, job.state, self.isolation)
+        except IsolationError as e:
+            job.fail(e)
+            return
         with self._callback_lock:  # callbacks one at a time, as with Ray's single dispatcher
             job.finish(result)
 
@@ -233,7 +249,8 @@ class VerifierPool:
                     jobs = [self._queue.popleft() for _ in range(min(per_task, len(self._queue)))]
                     for job in jobs:
                         job.attempts += 1
-                    ref = self._remote.remote(self._env_ref, [(k, j.completion, j.state) for k, j in enumerate(jobs)])
+                    ref = self._remote.remote(self._env_ref, [(k, j.completion, j.state) for k, j in enumerate(jobs)],
+                                              self.isolation)
                     self.tasks_submitted += 1
                     self._pending[ref] = [jobs, None]  # [jobs, time its backstop clock started]
                 pending = dict(self._pending)
@@ -265,6 +282,10 @@ class VerifierPool:
                                                                f"attempts: {type(e).__name__}",
                                               extra={"attempts": job.attempts}))
                 except RayTaskError as e:
+                    if isinstance(e.cause, IsolationError):  # the worker's host cannot keep the level: stop
+                        for job in jobs:
+                            job.fail(e.cause)
+                        continue
                     for job in jobs:
                         job.finish(failed("runtime_error", f"verification task raised: {str(e)[:300]}"))
                 except Exception as e:  # any other Ray error: final for these answers, never fatal for the pool
@@ -315,3 +336,8 @@ class _Job:
             self.future.set_exception(e)
             return
         self.future.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        """No result can be given (the host cannot keep the isolation level): the caller gets `error`."""
+        if not self.future.done():
+            self.future.set_exception(error)

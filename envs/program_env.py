@@ -15,7 +15,7 @@ from typing import Any
 from envs.base import Env, State, VerifyResult, failed
 from envs.prompting import PromptSpec, improvement_prompt
 from envs.rewards import RewardSpec
-from envs.sandbox import Limits, SandboxJob, SandboxOutcome, run_sandboxed
+from envs.sandbox import Limits, SandboxJob, SandboxOutcome, isolation, run_sandboxed
 
 INITIAL_STATE_KINDS = ("random", "best_available", "none")
 
@@ -68,8 +68,10 @@ class ProgramEnv(Env):
         return max(1, int(self.timeout_s - max(2.0, 0.05 * self.timeout_s)))
 
     def verify(self, answer: str, state: State) -> VerifyResult:
+        """IsolationError where this host cannot keep the isolation level in force (envs/sandbox/isolation.py)."""
         outcome = run_sandboxed(self.job(answer, state), self.limits())
-        extra = {"stderr_tail": outcome.stderr_tail, "pids_limit_hit": outcome.pids_limit_hit}
+        extra = {"stderr_tail": outcome.stderr_tail, "pids_limit_hit": outcome.pids_limit_hit,
+                 "sandbox_isolation": isolation.current_level()}
         if not outcome.ok:
             return failed(outcome.status, outcome.message, stdout_tail=outcome.stdout_tail,
                           wall_s=outcome.wall_s, extra=extra)

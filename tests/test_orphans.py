@@ -146,7 +146,7 @@ def _kill_mid_run_then_resume(tmp_path: Path, *extra: str, expect: tuple[str, ..
     proc = _train(tmp_path, *extra, stderr_file=stderr_file)
     try:
         _wait_for_step(proc, tmp_path, 2)
-        time.sleep(1.5)  # the watchdog notes descendants once a second
+        time.sleep(1.5)  # every child has started (the watchdog needs no such wait: it tracks by construction)
         procs = _run_processes(proc.pid)
         _has(procs, "ttt-watchdog", "raylet", "gcs_server", "DashboardAgent", "RuntimeEnvAgent", "ray::",
              *expect)
@@ -178,7 +178,7 @@ def test_the_watchdog_kills_every_kind_of_child_of_a_killed_process(user):
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(1.5)  # the watchdog notes descendants once a second
+        time.sleep(1.5)  # every child has started (the watchdog needs no such wait: it tracks by construction)
         procs = _run_processes(proc.pid)
         names = [name.split()[0] for _, name in procs.values()]
         assert len(names) == 6 and names.count("sleep") == 4 and "ttt-watchdog" in names, names
@@ -188,6 +188,70 @@ def test_the_watchdog_kills_every_kind_of_child_of_a_killed_process(user):
     proc.wait()
     took = _assert_all_gone(proc.pid, procs, t0, within_s=5.0)
     print(f"{user}: {len(procs)} processes before SIGKILL, 0 left {took:.1f} s after it")
+
+
+# A process that starts the watchdog, then forks a child that detaches a grandchild at once (a new session, no
+# environment: no TTT_RUN_ID) and exits; the run is killed right after, long before a 1 s poll would come round.
+GAP = f"""
+import os, sys, time
+sys.path.insert(0, {ROOT!r})
+from trainer import supervisor
+supervisor.start()
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execve("/bin/sleep", ["sleep", sys.argv[1]], {{}})
+    os._exit(0)
+os.wait()
+print("forked", flush=True)
+time.sleep(300)
+"""
+
+
+def _sleeping(marker: str) -> list[int]:
+    """Live `sleep MARKER` processes."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{name}/cmdline").read_bytes() == f"sleep\0{marker}\0".encode():
+                found.append(int(name))
+        except OSError:
+            pass
+    return [pid for pid in found if (_stat(pid) or (0, 0, "Z"))[2] not in ("Z", "X")]
+
+
+@pytest.mark.parametrize("user,tracking", [("root", "cgroup,rlimit"), ("root", "cgroup"), ("root", "rlimit"),
+                                           ("unprivileged", "cgroup,rlimit"), ("root", "none")])
+def test_a_process_detached_just_before_a_kill_dies_with_the_run(user, tracking):
+    """Every descendant is the run's by construction: its cgroup (root; an unprivileged run has none) and the
+    rlimit marker each catch the orphan alone. `none` is the control: with neither, it survives the kill."""
+    marker = f"{301 + int(time.time() * 1000) % 1000}.{os.getpid()}"
+    command = [sys.executable, "-c", GAP, marker]
+    if user == "unprivileged":
+        if os.getuid() != 0 or shutil.which("setpriv") is None:
+            pytest.skip("needs root and setpriv to run as nobody")
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    elif os.getuid() != 0 and "cgroup" in tracking:
+        pytest.skip("a cgroup of the run's own needs root (or a delegated cgroup) here")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "TTT_WATCHDOG_TRACKING": tracking})
+    try:
+        assert proc.stdout.readline().strip() == "forked"
+        deadline = time.monotonic() + 5
+        while not _sleeping(marker) and time.monotonic() < deadline:  # its exec takes a moment
+            time.sleep(0.002)
+        orphans = _sleeping(marker)
+        assert len(orphans) == 1 and _stat(orphans[0])[0] != proc.pid  # detached: not the run's child
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # within milliseconds of the fork
+    proc.wait()
+    deadline = time.monotonic() + 8
+    while _sleeping(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = _sleeping(marker)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert (left == []) == (tracking != "none"), (tracking, left)
 
 
 def test_sigkill_of_a_vllm_ray_run_leaves_no_process_and_resumes(tmp_path):

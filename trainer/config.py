@@ -104,6 +104,9 @@ class TrainConfig:
     # serve one adapter per engine call, so there the next step's requests wait for the running call
     prefetch_at: float = 1.0
     verifier_address: str | None = None  # a Ray cluster HOST:PORT; else RAY_ADDRESS; else a local Ray
+    # what generated programs are promised (envs/sandbox/isolation.py): strict | namespaces | minimal. A host that
+    # cannot keep it refuses to start the run, in one line; weaker levels only by name. Tasks without programs: unused
+    sandbox_isolation: str = "strict"
     # -- proof of serving: the sampler must serve the adapter the learner trained
     mismatch_threshold: float = 1e-3
     on_mismatch: str = "stop"  # stop | warn
@@ -125,6 +128,9 @@ class TrainConfig:
                    "sampler": ("vllm", "server", "hf"), "verifier_backend": ("ray", "local"),
                    "on_mismatch": ("stop", "warn"), "state_sampler": ("puct", "puct_backprop", "greedy", "fixed"),
                    "wandb_mode": ("offline", "online", "disabled"), "pipeline": PIPELINES}
+        from envs.sandbox.isolation import LEVELS
+
+        choices["sandbox_isolation"] = LEVELS
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")

@@ -41,12 +41,16 @@ class EvalConfig:
     seed: int = 0
     sampler: str = "vllm"
     verifier_backend: str = "ray"
+    sandbox_isolation: str = "strict"  # as in training (envs/sandbox/isolation.py); weaker levels only by name
     max_model_len: int = 512
     out: str = "runs/eval"
 
     def check(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        from envs.sandbox.isolation import check_name
+
+        check_name(self.sandbox_isolation)
         if self.checkpoint is not None and not _is_run(self.checkpoint) and not (
                 Path(self.checkpoint) / "adapter_config.json").is_file():
             raise ValueError(f"checkpoint {self.checkpoint} is neither a run checkpoint nor a PEFT adapter dir: "
@@ -89,12 +93,13 @@ def evaluate(cfg: EvalConfig, sampler=None) -> dict:
     model_path = resolve_model(model)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    # before the model loads: a host that cannot keep the sandbox isolation level refuses at once, in one line
+    pool = VerifierPool(env, backend=cfg.verifier_backend, isolation=cfg.sandbox_isolation)
     owns_sampler = sampler is None
     if owns_sampler:
         rank = _adapter_rank(adapter) if adapter else 8
         sampler = make_sampler(cfg.sampler, model_path, log_dir=str(out), max_lora_rank=rank, seed=cfg.seed,
                                max_model_len=cfg.max_model_len)
-    pool = VerifierPool(env, backend=cfg.verifier_backend)
     try:
         version = None
         if adapter:
@@ -131,6 +136,7 @@ def evaluate(cfg: EvalConfig, sampler=None) -> dict:
         "best_score": None if best is None else best.score,
         "best_construction": None if best is None else best.construction, "wall_s": wall,
         "statuses": {s: sum(r.status == s for r in results) for s in sorted({r.status for r in results})},
+        "sandbox_isolation": pool.isolation,  # None: the task runs no program
         "config": asdict(cfg),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -25,6 +25,7 @@ import torch
 from tinker import types
 
 from envs.base import State
+from envs.sandbox.isolation import describe as describe_isolation
 from trainer import distributed, init_adapter, rank_sync, report, run_setup, run_state, update
 from trainer import metrics as M
 from trainer.checkpoint import Checkpoints, RolloutLog, restore_rng, rng_states, truncate_metrics
@@ -56,6 +57,8 @@ def run(cfg: TrainConfig, *, sampler=None, service=None, log=print) -> list[dict
     with ExitStack() as stack:
         curriculum = Curriculum(list(cfg.curriculum), cfg.promote_valid_rate, cfg.promote_reward)
         instances = [run_setup.instance(cfg, overrides, stack) for overrides in curriculum.overrides]
+        for level in sorted({inst.pool.isolation for inst in instances} - {None}):  # None: runs no program
+            log(describe_isolation(level))
         if service is None:
             service = run_setup.service(cfg, sampler, out, stack)
         stop = run_state.preemption_flag(stack)
@@ -181,7 +184,7 @@ def _loop(cfg, out, service, instances, curriculum, checkpoints, saved, stop, st
         record = M.step_record(step, rollouts, rewards_G_K, inst.buffer, best, version, len(plan.parents),
                                plan.instance, train_stats,
                                {"t_sample": t1 - t0, "t_verify": t2 - t1, "t_buffer": t2b - t2, "t_train": t3 - t2b,
-                                "t_swap": t4 - t3})
+                                "t_swap": t4 - t3}, isolation=inst.pool.isolation)
         n_valid = sum(r.result.ok for r in rollouts)
         # async: a step chosen before a promotion still ran on the previous instance; it does not count for the new
         record["promoted"] = plan.instance == curriculum.current and curriculum.record_step(

@@ -47,7 +47,9 @@ def sampler_learner_deltas(fb, rollouts, only=None) -> np.ndarray:
     return np.concatenate(deltas) if deltas else np.zeros(1)
 
 
-def step_record(step, rollouts, rewards_G_K, buffer, best, version, groups, instance, train_stats, times) -> dict:
+def step_record(step, rollouts, rewards_G_K, buffer, best, version, groups, instance, train_stats, times,
+                isolation: str | None = None) -> dict:
+    """`isolation`: the sandbox isolation level the step's programs ran under (None: the task runs none)."""
     results = [r.result for r in rollouts]
     statuses = [r.status for r in results]
     rewards = rewards_G_K.ravel()
@@ -67,6 +69,8 @@ def step_record(step, rollouts, rewards_G_K, buffer, best, version, groups, inst
     }
     record.update({k: v for k, v in train_stats.items() if not k.startswith("_")})
     record.setdefault("tokens_trained", 0)
+    if isolation is not None:
+        record["sandbox_isolation"] = isolation
     return record
 
 

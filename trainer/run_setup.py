@@ -28,7 +28,8 @@ def instance(cfg: TrainConfig, overrides: dict, stack: ExitStack) -> Instance:
 
     env = instantiate({**cfg.env, **overrides})
     pool = VerifierPool(env, backend=cfg.verifier_backend, address=cfg.ray_address(),
-                        progress=None if cfg.progress else False, progress_min=256)  # small steps: the table
+                        progress=None if cfg.progress else False, progress_min=256,  # small steps: the table
+                        isolation=cfg.sandbox_isolation)
     stack.callback(pool.close)
     if cfg.mode == "best_of_n":
         buffer = make_state_sampler("fixed")

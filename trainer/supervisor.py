@@ -2,24 +2,31 @@
 
 Without this, `kill -9` of `ttt train` left vLLM's EngineCore, multiprocessing's resource_tracker and Ray's
 raylet, gcs_server and dashboard / runtime-env agents running. PR_SET_PDEATHSIG reaches only direct children
-(and fires when the spawning *thread* ends), Ray and vLLM spawn their own grandchildren, and cgroup v2's
-cgroup.kill is missing on cgroup-v1 hosts and for unprivileged users. So `start()`, called before anything
-else is spawned:
+(and fires when the spawning *thread* ends), and Ray and vLLM spawn their own grandchildren, some detached
+(setsid, a double fork), with their environment cleared or their title set. So `start()`, called before
+anything else is spawned, makes every later descendant of the run findable by construction, by something each
+process inherits on fork and exec and keeps when it detaches:
 
-  1. forks a watchdog (its own session, so a terminal's SIGINT / SIGHUP does not reach it) that waits for
-     the run process to end, however it ends: a pidfd of the run, or its parent pid changing where pidfds
-     are unavailable (a pipe would not do: forked children such as vLLM's keep its write end open);
-  2. marks the run: TTT_RUN_ID=<run pid>-<random> in os.environ, inherited by every process exec'd after
-     this (Ray's daemons and workers, resource_tracker, wandb) and readable in /proc/PID/environ.
+  1. a cgroup of the run's own, where one is writable (root, or a delegated subtree): the run moves into a new
+     leaf below its cgroup in the unified hierarchy (only where that takes no controller from the sandbox's
+     cgroups below it) or else in v1's freezer; every process it forks is born in it;
+  2. a marker in its hard RLIMIT_RTTIME (a limit only real-time-scheduled processes can reach; readable by
+     anyone in /proc/PID/limits; no unprivileged process can raise it back): the same where no cgroup is;
+  3. TTT_RUN_ID=<run pid>-<random> in os.environ, inherited by children exec'd after this (Ray's daemons and
+     workers, resource_tracker, wandb), readable in /proc/PID/environ and shown by `ps e`.
 
-/proc/PID/environ shows the environment a process was exec'd with, and a process that sets its title
-(vLLM's EngineCore, forked from the run) overwrites it; a child that clears its environment (a sandbox)
-carries no marker either. So while the run lives the watchdog also notes the run's descendants, every
-second. Once the run has ended it SIGKILLs every process that carries the marker, every process it noted
-that still lives, and their descendants, until none is left.
+A watchdog, forked first (its own session, outside the run's cgroup, so a terminal's SIGINT / SIGHUP does not
+reach it), makes the cgroup and moves the run into it, then waits for the run to end, however it ends (a
+pidfd of the run, or its parent pid changing where pidfds are unavailable; a pipe would not do: forked
+children such as vLLM's keep its write end open). Then it SIGKILLs every process in the run's cgroup, every
+process with its rlimit or environment marker, and their descendants, until none is left, and removes the
+cgroup. A process forked and detached a moment before a kill -9 is caught like any other (the watchdog
+polled the process table once a second before, and missed those). A subreaper would not do: orphans go to
+the nearest subreaper *ancestor*, and no ancestor of the run outlives a kill -9 of it but the shell.
 resource_tracker is killed last, after a grace period: once its clients are gone it unlinks the shared
 memory and semaphores they leaked, then exits by itself. After a normal exit or SIGTERM the run has already
 stopped its children; the sweep then only catches leftovers. Works as root and unprivileged (own processes).
+`TTT_WATCHDOG_TRACKING=cgroup|rlimit` keeps one of the two mechanisms only (tests of each).
 
 A run that ends without its interpreter finishing (kill -9, the OOM killer, or a component that ends the process
 from C++: Ray's core worker exits when its raylet dies) cannot say anything itself. The run tells the watchdog
@@ -33,6 +40,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import os
+import resource
 import secrets
 import select
 import signal
@@ -40,6 +48,9 @@ import stat
 import time
 
 MARKER = "TTT_RUN_ID"
+CGROUP_PREFIX = "ttt_run-"  # the run's cgroup: <its own cgroup>/ttt_run-<run id>
+RTTIME_BASE = 1 << 40  # the rlimit marker is this + 32 random bits (microseconds of real-time CPU: 12.7 days)
+READY_S = 10.0  # the longest the run waits for the watchdog to move it into its cgroup
 TRACKER_GRACE_S = 3.0  # resource_tracker's own cleanup after its clients die
 GIVE_UP_S = 20.0  # processes that survive this many seconds of SIGKILLs (uninterruptible sleep) are left
 ABRUPT = ("ttt: error: the run (pid {pid}) ended abruptly, without finishing or reporting an error: it was killed "
@@ -52,22 +63,30 @@ def start(hint: str = "rerun the same command with resume=true") -> str:
     """Start the watchdog and mark this process's future children; returns the run id. Call once, early:
     before any child exists, and before threads (it forks). `hint`: what the abrupt-end line tells the user."""
     run_pid = os.getpid()
-    run_id = f"{run_pid}-{secrets.token_hex(4)}"  # a new id also inside an enclosing run: a run of its own
+    token = secrets.token_hex(4)
+    run_id = f"{run_pid}-{token}"  # a new id also inside an enclosing run: a run of its own
+    tracking = os.environ.get("TTT_WATCHDOG_TRACKING", "cgroup,rlimit").split(",")
+    rttime = _mark_rttime(RTTIME_BASE + int(token, 16)) if "rlimit" in tracking else None
     try:
         pidfd = os.pidfd_open(run_pid)  # opened here, before the fork: no window where the run is already gone
     except (AttributeError, OSError):  # old kernel, seccomp: fall back to watching the parent pid
         pidfd = None
     finished_r, finished_w = os.pipe()
+    ready_r, ready_w = os.pipe()
     report = _report_fd()
     if os.fork() == 0:  # the watchdog; it never returns
         try:
             os.close(finished_w)
-            _watch(run_pid, run_id, pidfd, finished_r, report, ABRUPT.format(pid=run_pid, hint=hint))
+            os.close(ready_r)
+            _watch(run_pid, run_id, rttime, "cgroup" in tracking, pidfd, finished_r, ready_w, report,
+                   ABRUPT.format(pid=run_pid, hint=hint))
         finally:
             os._exit(0)
-    for fd in (pidfd, finished_r, report):
+    for fd in (pidfd, finished_r, report, ready_w):
         if fd is not None:
             os.close(fd)
+    select.select([ready_r], [], [], READY_S)  # in its cgroup (or none could be made) before it spawns anything
+    os.close(ready_r)
     _finished_fd[:] = [finished_w]
     atexit.register(finished, run_pid)  # an interpreter that exits normally has reported whatever happened
     os.environ[MARKER] = run_id
@@ -96,31 +115,84 @@ def _report_fd() -> int | None:
     return None
 
 
-def _watch(run_pid: int, run_id: str, pidfd: int | None, finished_r: int, report: int | None,
-           abrupt: str) -> None:
+def _mark_rttime(value: int) -> int | None:
+    """Set the rlimit marker (soft and hard); None where this process may not (a lower hard limit, unprivileged)."""
+    try:
+        resource.setrlimit(resource.RLIMIT_RTTIME, (value, value))
+        return value
+    except (ValueError, OSError):
+        return None
+
+
+def _watch(run_pid: int, run_id: str, rttime: int | None, use_cgroup: bool, pidfd: int | None, finished_r: int,
+           ready_w: int, report: int | None, abrupt: str) -> None:
     os.setsid()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)  # it must outlive the run; it ends by itself once the run has ended
+    cgroup = _run_cgroup(run_pid, run_id) if use_cgroup else None
+    os.write(ready_w, b"1")
     _detach_stdio(keep={fd for fd in (pidfd, finished_r, report) if fd is not None})
     _set_name(b"ttt-watchdog")
-    seen: dict[int, int] = {}  # pid -> start time of the run's descendants seen while it lived
-    while True:
-        if pidfd is not None:
-            ended = bool(select.select([pidfd], [], [], 1.0)[0])
-        else:
+    if pidfd is not None:
+        select.select([pidfd], [], [])  # until the run has ended
+    else:
+        while os.getppid() == run_pid:
             time.sleep(0.5)
-            ended = os.getppid() != run_pid
-        if ended:
-            break
-        table = _table()
-        alive = {pid for pid, started in seen.items() if pid in table and table[pid][1] == started}
-        seen = {pid: table[pid][1] for pid in alive | _descendants(table, {run_pid})}  # bounded: the living
     if report is not None and not _said_finished(finished_r):
         try:
             os.write(report, abrupt.encode())
         except OSError:
             pass
-    _sweep(run_id, seen)
+    _sweep(run_id, rttime, cgroup)
+
+
+def _run_cgroup(run_pid: int, run_id: str):
+    """A new cgroup holding the run (RunCgroups of envs/sandbox/cgroups.py), or None where none can be made."""
+    try:  # imported here, in the watchdog: the run itself stays free of numpy's threads until after the fork
+        from envs.sandbox.cgroups import CgroupSupport, RunCgroups, own_dirs
+    except Exception:  # noqa: BLE001 -- no cgroup then; the rlimit marker still finds every process
+        return None
+    dirs = own_dirs()
+    for hierarchy in ("unified", "freezer"):
+        own = dirs.get(hierarchy)
+        if own is None or (hierarchy == "unified" and _controllers_below(own)):
+            continue  # v2 with controllers enabled below us: a leaf for the run would take them from the sandbox
+        _remove_dead_runs(own)
+        leaf = os.path.join(own, CGROUP_PREFIX + run_id)
+        try:
+            os.mkdir(leaf)
+            with open(os.path.join(leaf, "cgroup.procs"), "w") as f:
+                f.write(str(run_pid))
+        except OSError:
+            try:
+                os.rmdir(leaf)
+            except OSError:
+                pass
+            continue
+        return RunCgroups(CgroupSupport(parents={hierarchy: own}), {hierarchy: leaf})
+    return None
+
+
+def _remove_dead_runs(own: str) -> None:
+    """Empty cgroups of runs whose watchdog could not remove them (it was killed too)."""
+    try:
+        names = [n for n in os.listdir(own) if n.startswith(CGROUP_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        if not os.path.exists(f"/proc/{name[len(CGROUP_PREFIX):].split('-')[0]}"):
+            try:
+                os.rmdir(os.path.join(own, name))
+            except OSError:  # not empty (or gone): left alone
+                pass
+
+
+def _controllers_below(own: str) -> bool:
+    try:
+        with open(os.path.join(own, "cgroup.subtree_control")) as f:
+            return bool(f.read().split())
+    except OSError:
+        return False
 
 
 def _said_finished(finished_r: int) -> bool:
@@ -156,8 +228,8 @@ def _set_name(name: bytes) -> None:
         pass
 
 
-def _table() -> dict[int, tuple[int, int, str]]:
-    """pid -> (ppid, start time, state) of every process; one that exits meanwhile is skipped."""
+def _table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, state) of every process; one that exits meanwhile is skipped."""
     table = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -168,13 +240,13 @@ def _table() -> dict[int, tuple[int, int, str]]:
         except OSError:
             continue
         fields = stat[stat.rindex(b")") + 2:].split()  # comm may hold spaces and parentheses
-        table[int(name)] = (int(fields[1]), int(fields[19]), fields[0].decode())
+        table[int(name)] = (int(fields[1]), fields[0].decode())
     return table
 
 
 def _descendants(table: dict, roots: set[int]) -> set[int]:
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
+    for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     found, todo = set(), list(roots)
     while todo:
@@ -185,8 +257,14 @@ def _descendants(table: dict, roots: set[int]) -> set[int]:
     return found
 
 
-def _marked(pid: int, run_id: str) -> bool:
+def _marked(pid: int, run_id: str, rttime: int | None) -> bool:
+    """The process carries the run's rlimit marker or its environment marker."""
     try:
+        if rttime is not None:
+            with open(f"/proc/{pid}/limits") as f:  # readable by anyone
+                line = next((x for x in f if x.startswith("Max realtime timeout")), "")
+            if line.split()[-2:-1] == [str(rttime)]:  # soft, hard, units: the hard limit
+                return True
         with open(f"/proc/{pid}/environ", "rb") as f:
             return f"{MARKER}={run_id}".encode() in f.read().split(b"\0")
     except OSError:  # gone, or not ours
@@ -201,22 +279,23 @@ def _is_tracker(pid: int) -> bool:
         return False
 
 
-def _run_processes(run_id: str, seen: dict[int, int]) -> set[int]:
-    """Live (not zombie) processes of the run: marked ones, the noted ones still alive, and descendants."""
+def _run_processes(run_id: str, rttime: int | None, cgroup) -> set[int]:
+    """Live (not zombie) processes of the run: those in its cgroup, the marked ones, and their descendants."""
     table = _table()
-    me = os.getpid()
-    roots = {pid for pid in table if pid != me and _marked(pid, run_id)}
-    roots |= {pid for pid, started in seen.items() if pid in table and table[pid][1] == started}
+    me = os.getpid()  # the watchdog carries the rlimit marker too
+    roots = {pid for pid in table if pid != me and _marked(pid, run_id, rttime)}
+    if cgroup is not None:
+        roots |= cgroup.pids() & table.keys()
     found = (roots | _descendants(table, roots)) - {me}
-    return {pid for pid in found if table[pid][2] not in ("Z", "X")}
+    return {pid for pid in found if table[pid][1] not in ("Z", "X")}
 
 
-def _sweep(run_id: str, seen: dict[int, int]) -> None:
+def _sweep(run_id: str, rttime: int | None, cgroup) -> None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < GIVE_UP_S:
-        left = _run_processes(run_id, seen)
+        left = _run_processes(run_id, rttime, cgroup)
         if not left:
-            return
+            break
         others = {pid for pid in left if not _is_tracker(pid)}
         victims = others or (left if time.monotonic() - t0 >= TRACKER_GRACE_S else set())
         for pid in victims:
@@ -225,3 +304,5 @@ def _sweep(run_id: str, seen: dict[int, int]) -> None:
             except OSError:  # gone already
                 pass
         time.sleep(0.1)
+    if cgroup is not None:
+        cgroup.destroy()  # kills whatever is left in it, then removes it

@@ -38,7 +38,7 @@ def _write(path: str, value: str) -> bool:
         return False
 
 
-def _own_dirs() -> dict[str, str]:
+def own_dirs() -> dict[str, str]:
     """Map 'memory' / 'pids' / 'freezer' / 'cpu' (v1) and 'unified' (v2) to this process's cgroup dir."""
     mounts: dict[str, tuple[str, str]] = {}
     for line in _read("/proc/self/mountinfo").splitlines():
@@ -65,6 +65,11 @@ def _own_dirs() -> dict[str, str]:
                 rel = os.path.relpath(parts[2], root) if parts[2].startswith(root) else parts[2].lstrip("/")
                 dirs[name] = os.path.normpath(os.path.join(mount_point, rel))
     return dirs
+
+
+def _subtree(leaf: str) -> list[str]:
+    """`leaf` and the cgroups below it, parents first (a run's own cgroups may hold others', e.g. a sandbox's)."""
+    return [path for path, _, _ in os.walk(leaf)]
 
 
 @dataclass
@@ -107,7 +112,7 @@ class CgroupSupport:
     def detect(cls) -> "CgroupSupport":
         parents = {}
         controllers: frozenset = frozenset()
-        for name, own in _own_dirs().items():
+        for name, own in own_dirs().items():
             probe = os.path.join(own, f"{LEAF_PREFIX}{os.getpid()}-probe")
             try:
                 os.mkdir(probe)
@@ -197,9 +202,11 @@ class RunCgroups:
         return [os.path.join(d, "cgroup.procs") for d in self.dirs.values()]
 
     def pids(self) -> set[int]:
+        """Every process in the run's cgroups and in any cgroup below them."""
         found = set()
-        for path in self.procs_files:
-            found.update(int(p) for p in _read(path).split() if p.isdigit())
+        for leaf in self.dirs.values():
+            for path in _subtree(leaf):
+                found.update(int(p) for p in _read(os.path.join(path, "cgroup.procs")).split() if p.isdigit())
         return found
 
     def kill(self) -> None:
@@ -253,7 +260,8 @@ class RunCgroups:
             remaining = {}
             for hierarchy, leaf in self.dirs.items():
                 try:
-                    os.rmdir(leaf)
+                    for path in reversed(_subtree(leaf)):  # cgroups made below it first (rmdir needs them gone)
+                        os.rmdir(path)
                 except FileNotFoundError:
                     pass
                 except OSError:

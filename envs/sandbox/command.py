@@ -7,14 +7,15 @@
   bwrap: new ipc/pid/net/uts/cgroup namespaces (+user when not root), read-only system and interpreter,
          one size-limited private tmpfs /tmp holding the cwd /job (our inputs bound read-only into it),
          a small size-limited /dev/shm, everything else read-only; no host-writable dir at all (results
-         go through two inherited fds); empty environment, die-with-parent, new session
-  setpriv --reuid/--regid 65534, no groups, no capabilities, pdeathsig   -- inside bwrap, when root
+         go through two inherited pipes, as do stdout and stderr); empty environment, die-with-parent, new session
+  setpriv --reuid/--regid UID, no groups, no capabilities, pdeathsig   -- inside bwrap, when root; UID is the
+                                                   evaluation's own (envs/sandbox/identity.py)
   seccomp filter: bwrap --seccomp FD, or loaded by the runner itself when there is no bwrap
   python -I -S runner.py                              -- execs the program, writes its outputs as data
 
-bwrap runs before the uid drop when we are root: a process already at uid 65534 could not reach an
+bwrap runs before the uid drop when we are root: a process already at an unprivileged uid could not reach an
 interpreter under a 0700 directory such as /root/.pyenv, while bwrap (as root, with only SETUID/SETGID/SETPCAP
-kept) can bind it in, and the program still ends up as host uid 65534 with no capabilities (SANDBOX.md G2).
+kept) can bind it in, and the program still ends up as its own host uid with no capabilities (SANDBOX.md G2).
 """
 
 from __future__ import annotations
@@ -23,18 +24,18 @@ import os
 import sys
 from dataclasses import dataclass
 
-SANDBOX_UID = 65534
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS", "NUMBA_NUM_THREADS")
 ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime",
-             "/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
+             "/etc/nsswitch.conf")
+ACCOUNT_FILES = ("passwd", "group")  # written per run (account_files), bound at /etc/passwd and /etc/group
 JOB_FILES = ("program.py", "call.json", "inputs.npz")
 JOB_IN_TMP = "/tmp/.job"  # the program's cwd; /job is a symlink to it
 
 
 @dataclass(frozen=True)
 class RunPaths:
-    run_dir: str  # host dir of the run; also holds the channel files the parent reads
+    run_dir: str  # host dir of the run (the job dir in it)
     job_dir: str  # host dir with our inputs (program.py, call.json, inputs.npz)
     runner: str  # host path of the runner script
     seccomp: str | None  # host path of the compiled BPF filter
@@ -49,10 +50,19 @@ def writable_area(disk_mb: int) -> tuple[int, int]:
 
 def sandbox_env(cpus: int, home: str) -> dict[str, str]:
     """The complete environment a program sees: nothing inherited, thread pools capped to its CPUs."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": "/tmp", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+    env = {"PATH": "/usr/bin:/bin", "HOME": home, "USER": "sandbox", "LOGNAME": "sandbox", "TMPDIR": "/tmp",
+           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
            "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
     env.update({name: str(max(1, int(cpus))) for name in THREAD_VARS})
     return env
+
+
+def account_files(uid: int) -> dict[str, str]:
+    """/etc/passwd and /etc/group naming root, nobody and the program's uid (no account exists for it on the host)."""
+    users = {0: "root", 65534: "nobody"}
+    users.setdefault(uid, "sandbox")
+    return {"passwd": "".join(f"{name}:x:{n}:{n}:{name}:/nonexistent:/usr/sbin/nologin\n" for n, name in users.items()),
+            "group": "".join(f"{name}:x:{n}:\n" for n, name in users.items())}
 
 
 def interpreter_roots() -> list[str]:
@@ -101,12 +111,14 @@ def bwrap_args(bwrap: str, paths: RunPaths, env: dict[str, str], disk_mb: int, a
     # After the tmpfs mounts, so an interpreter or venv that lives under /tmp (e.g. a CI checkout) stays visible
     for root in interpreter_roots():
         for parent in _ancestors(root):
-            if parent not in made:  # bwrap would create it 0700, unreadable for uid 65534
+            if parent not in made:  # bwrap would create it 0700, unreadable for the sandbox uid
                 args += ["--perms", "0755", "--dir", parent]
                 made.add(parent)
         args += ["--ro-bind", root, root]
     for name in JOB_FILES:
         args += ["--ro-bind-try", os.path.join(paths.job_dir, name), f"{JOB_IN_TMP}/{name}"]
+    for name in ACCOUNT_FILES:
+        args += ["--ro-bind", os.path.join(paths.run_dir, name), f"/etc/{name}"]
     args += ["--perms", "0755", "--dir", "/sandbox", "--ro-bind", paths.runner, "/sandbox/runner.py"]
     # bwrap's own root and /dev are unsized tmpfs owned by the sandbox uid when it runs unprivileged:
     # read-only, so the sized tmpfs above are the only places a program can write
@@ -126,8 +138,8 @@ def bwrap_args(bwrap: str, paths: RunPaths, env: dict[str, str], disk_mb: int, a
     return args + ["--"]
 
 
-def setpriv_drop(setpriv: str) -> list[str]:
-    return [setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
+def setpriv_drop(setpriv: str, uid: int) -> list[str]:
+    return [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--pdeathsig", "KILL"]
 
 

@@ -1,8 +1,9 @@
-"""Which sandbox protections this host offers, decided once per process and logged once.
+"""Which sandbox protections this host offers, decided once per process.
 
 Detection is by trial, not by guess: tools are looked up, cgroups are probed, then the full stack runs a tiny
 program; if that fails, layers are dropped one at a time (seccomp, bwrap, uid drop) until a self-test
-passes. Whatever is off is logged ONCE as a warning, naming each missing protection and why.
+passes. Each layer that is off carries its reason (profile.off); whether the result is good enough for a run
+is the isolation level's check (envs/sandbox/isolation.py), which logs what is off once.
 `TTT_SANDBOX_DISABLE=bwrap,seccomp,...` turns layers off on purpose (debugging, tests of the fallback).
 The profile itself (which layers, and turning one off) is envs/sandbox/profile.py.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import logging
 import os
 import shutil
 import stat
@@ -22,7 +22,6 @@ from envs.sandbox.cleanup import reap_dead_runs
 from envs.sandbox.execute import Limits, SandboxJob, run_with_profile
 from envs.sandbox.profile import LAYERS, SandboxProfile
 
-log = logging.getLogger("envs.sandbox")
 _TOOL_DIRS = "/usr/bin:/bin:/usr/sbin:/sbin:/usr/local/bin"
 
 
@@ -60,6 +59,7 @@ def _candidate_profile(disabled: set[str]) -> SandboxProfile:
     base = _private_dir(os.path.join(tempfile.gettempdir(), f"ttt_sandbox_{os.geteuid()}"), 0o711)
     lib_dir = _private_dir(os.path.join(base, "lib"), 0o755)
     runs_dir = _private_dir(os.path.join(base, "runs"), 0o711)
+    uids_dir = _private_dir(os.path.join(base, "uids"), 0o700)
     with open(os.path.join(os.path.dirname(__file__), "runner.py"), "rb") as f:
         runner = f.read()
     runner_path = _install_file(lib_dir, "runner.py", runner)
@@ -105,7 +105,7 @@ def _candidate_profile(disabled: set[str]) -> SandboxProfile:
                              prlimit=tools["prlimit"], setpriv=tools["setpriv"], drop_uid=drop_uid,
                              bwrap=tools["bwrap"], bwrap_tmpfs_size=tmpfs_size, taskset=tools["taskset"],
                              seccomp_path=seccomp_path,
-                             runner_path=runner_path, runs_dir=runs_dir, off=off)
+                             runner_path=runner_path, runs_dir=runs_dir, uids_dir=uids_dir, off=off)
     for layer in disabled:
         profile = profile.without(layer, "disabled by TTT_SANDBOX_DISABLE")
     return profile
@@ -137,16 +137,11 @@ def detect_profile(disabled: set[str] | None = None) -> SandboxProfile:
 
 @functools.lru_cache(maxsize=1)
 def current_profile() -> SandboxProfile:
-    """This process's profile, detected on first use; logs once which protections are off."""
+    """This process's profile, detected on first use. What is off is logged by the isolation check that uses it
+    (envs/sandbox/isolation.py): a warning where a level is kept without some layers, nothing where the level is
+    refused (its error says it)."""
     disabled = {x.strip() for x in os.environ.get("TTT_SANDBOX_DISABLE", "").split(",") if x.strip()}
     unknown = disabled - set(LAYERS)
     if unknown:
         raise ValueError(f"TTT_SANDBOX_DISABLE names unknown layers {sorted(unknown)}; known: {', '.join(LAYERS)}")
-    profile = detect_profile(disabled)
-    on = [name for name, have in profile.layers().items() if have]
-    if profile.off:
-        log.warning("sandbox protections OFF: %s; on: %s",
-                    "; ".join(f"{k} ({v})" for k, v in sorted(profile.off.items())), ", ".join(on) or "none")
-    else:
-        log.info("sandbox: all protections on (%s)", ", ".join(on))
-    return profile
+    return detect_profile(disabled)

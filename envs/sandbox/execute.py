@@ -7,18 +7,21 @@ Callers use envs.sandbox.run_sandboxed, which supplies this host's profile (envs
 The program runs in its own process tree (layers: envs/sandbox/command.py; availability:
 envs/sandbox/detect.py), as an unprivileged user without network, environment or view of our /proc, with
 CPU-time / address-space / file-size limits, memory, pids and cpu cgroups where the host has them (CPU
-affinity otherwise), a size-limited private writable area, and dies with us. At the deadline the whole tree is killed (cgroup.kill / freezer, process group, pid namespace), and it is
+affinity otherwise), a size-limited private writable area, and dies with us. Its outputs (stdout, stderr, the
+runner's status and result) are pipes we read while it runs, each up to a cap: no host file it could grow.
+At the deadline the whole tree is killed (cgroup.kill / freezer, process group, pid namespace), and it is
 killed again unconditionally before its outputs are read. Outcome order: timeout -> oom -> crash -> result.
 Program faults come back as an outcome record, never as an exception.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 import errno
+import functools
 import itertools
+import json
+import math
+import os
 import select
 import signal
 import subprocess
@@ -32,19 +35,22 @@ from typing import Any
 import numpy as np
 
 from envs.sandbox import command as cmd
+from envs.sandbox import identity
 from envs.sandbox import spawner as sandbox_spawner
 from envs.sandbox.cleanup import remove_tree
 from envs.sandbox.profile import SandboxProfile
-from envs.sandbox.result_channel import ChannelError, parse_json, parse_npz, read_capped, read_tail
+from envs.sandbox.result_channel import ChannelError, OutputPipes, parse_json, parse_npz
 
 STATUS_CAP = 64 << 10
-STATUS_FILE = "status.json"
+DRIBBLES = 16  # wakeups in a row with less than a full pipe, after which the parent reads at most every 5 ms
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
 class Limits:
     """Per-run resource limits. The address space defaults to 4x the memory budget (VmPeak >> RSS).
+    file_size_mb bounds each file the program writes (RLIMIT_FSIZE) and how much of stdout and of stderr is
+    read (past that its writes there fail with EPIPE).
 
     disk_mb bounds everything the program can write (a private tmpfs: /tmp with the cwd /job, and /dev/shm).
     tmpfs pages and inodes are memory charged to the run's memory cgroup, so that cgroup gets
@@ -115,20 +121,15 @@ def _write(path: str, data: bytes) -> None:
     os.chmod(path, 0o644)
 
 
-def result_file(job: SandboxJob) -> str:
-    return "result.json" if job.result == "json" else "result.npz"
-
-
-def _open_channels(job: SandboxJob, run_dir: str) -> dict[str, int]:
-    """The two host files the program reports through, opened write-only for it to inherit."""
-    fds = {}
-    for key, name in (("status_fd", STATUS_FILE), ("result_fd", result_file(job))):
-        fds[key] = os.open(os.path.join(run_dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    return fds
+def _output_pipes(limits: Limits) -> OutputPipes:
+    """stdout and stderr (their tails kept), the runner's status and its result, each read up to a cap."""
+    logs = limits.file_size_mb << 20
+    return OutputPipes({"stdout": logs, "stderr": logs, "status": STATUS_CAP, "result": limits.max_result_bytes},
+                       tails={"stdout": 4 * limits.tail_chars, "stderr": 4 * limits.tail_chars})
 
 
 def _prepare(job: SandboxJob, limits: Limits, profile: SandboxProfile, run_dir: str,
-             channels: dict[str, int]) -> cmd.RunPaths:
+             channels: dict[str, int], uid: int) -> cmd.RunPaths:
     job_dir = os.path.join(run_dir, "job")
     os.mkdir(job_dir, 0o700)
     in_bwrap = bool(profile.bwrap)
@@ -148,7 +149,10 @@ def _prepare(job: SandboxJob, limits: Limits, profile: SandboxProfile, run_dir: 
             np.savez(f, **{k: np.asarray(v) for k, v in job.inputs.items()})
         os.chmod(os.path.join(job_dir, "inputs.npz"), 0o644)
     if profile.drop_uid:
-        os.chown(job_dir, cmd.SANDBOX_UID, cmd.SANDBOX_UID)  # the cwd of a run without bwrap
+        os.chown(job_dir, uid, uid)  # the cwd of a run without bwrap
+    if in_bwrap:  # its /etc/passwd and /etc/group name its uid (getpass, pwd.getpwuid work as usual)
+        for name, text in cmd.account_files(uid).items():
+            _write(os.path.join(run_dir, name), text.encode())
     return cmd.RunPaths(run_dir, job_dir, profile.runner_path, profile.seccomp_path)
 
 
@@ -166,9 +170,9 @@ def _cpu_seconds(limits: Limits) -> int:
 
 
 def nproc_limit(limits: Limits) -> int:
-    """RLIMIT_NPROC when there is no pids cgroup: it counts every process of the sandbox uid on the host,
-    so it leaves room for a few concurrent sandboxes."""
-    return 4 * limits.max_pids
+    """RLIMIT_NPROC when there is no pids cgroup: it counts every process of the evaluation's uid on the host,
+    which only this evaluation uses (envs/sandbox/identity.py)."""
+    return limits.max_pids
 
 
 _next_core = itertools.count()
@@ -181,7 +185,7 @@ def _pick_cores(n: int) -> list[int]:
     return sorted({allowed[(start + i) % len(allowed)] for i in range(min(max(1, n), len(allowed)))})
 
 
-def _argv(paths: cmd.RunPaths, limits: Limits, profile: SandboxProfile, cgroups, seccomp_fd: int | None):
+def _argv(paths: cmd.RunPaths, limits: Limits, profile: SandboxProfile, cgroups, seccomp_fd: int | None, uid: int):
     env = cmd.sandbox_env(limits.cpus, "/job" if profile.bwrap else paths.job_dir)
     argv: list[str] = cmd.cgroup_launcher(cgroups.procs_files) if cgroups else []
     if profile.taskset and not (cgroups and cgroups.cpu_limited):
@@ -191,7 +195,7 @@ def _argv(paths: cmd.RunPaths, limits: Limits, profile: SandboxProfile, cgroups,
         nproc = None if pids_cgroup or not profile.drop_uid else nproc_limit(limits)
         argv += cmd.prlimit_args(profile.prlimit, _cpu_seconds(limits), limits.as_bytes,
                                  limits.file_size_mb << 20, limits.max_open_files, nproc)
-    inner_drop = cmd.setpriv_drop(profile.setpriv) if profile.drop_uid else []
+    inner_drop = cmd.setpriv_drop(profile.setpriv, uid) if profile.drop_uid else []
     if profile.bwrap:
         if profile.setpriv:
             argv += [profile.setpriv, "--pdeathsig", "KILL"]
@@ -204,23 +208,40 @@ def _argv(paths: cmd.RunPaths, limits: Limits, profile: SandboxProfile, cgroups,
     return argv, env, paths.job_dir
 
 
-def _wait_exit(proc: subprocess.Popen, timeout_s: float) -> bool:
-    """True if the child exited within the time limit. A pidfd wakes us at once (Popen.wait(timeout)
-    polls with sleeps of up to 50 ms, which would dominate the cost of a short evaluation)."""
+def _wait_exit(proc: subprocess.Popen, timeout_s: float, pipes: OutputPipes) -> bool:
+    """True if the child exited within the time limit; its outputs are read meanwhile (a full pipe would stall
+    it). A pidfd wakes us at once (Popen.wait(timeout) polls with sleeps of up to 50 ms, which would dominate
+    the cost of a short evaluation); without one, the exit is checked every 20 ms."""
+    deadline = time.monotonic() + timeout_s
     try:
-        fd = os.pidfd_open(proc.pid)
+        pidfd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):
-        try:
-            proc.wait(timeout=timeout_s)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    try:
-        poller = select.poll()
+        pidfd = None
+    poller = select.poll()
+    for fd in pipes.read_fds + ([pidfd] if pidfd is not None else []):
         poller.register(fd, select.POLLIN)
-        return bool(poller.poll(max(0, int(timeout_s * 1000))))
+    dribbles = 0  # wakeups in a row that each found less than a full pipe
+    try:
+        while True:
+            if pidfd is None and proc.poll() is not None:
+                return True
+            left_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                return False
+            got = 0
+            for fd, _ in poller.poll(left_ms if pidfd is not None else min(20, left_ms)):
+                if fd == pidfd:
+                    return True
+                if fd in pipes.read_fds:
+                    got += pipes.read(fd)
+                if fd not in pipes.read_fds:  # at its end or over its cap
+                    poller.unregister(fd)
+            dribbles = dribbles + 1 if 0 < got < 1 << 16 else 0
+            if dribbles >= DRIBBLES:  # a program writing byte by byte must not keep us busy: let its pipes fill
+                time.sleep(0.005)
     finally:
-        os.close(fd)
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def _kill_tree(proc: subprocess.Popen, cgroups) -> None:
@@ -238,46 +259,49 @@ def run_with_profile(job: SandboxJob, limits: Limits, profile: SandboxProfile) -
     t0 = time.perf_counter()
     run_dir = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=profile.runs_dir)
     os.chmod(run_dir, 0o711)
-    cgroups, channels, seccomp_fd = None, {}, None
+    cgroups, seccomp_fd, uid_lease = None, None, None
+    pipes = _output_pipes(limits)
     try:
-        channels = _open_channels(job, run_dir)
-        paths = _prepare(job, limits, profile, run_dir, channels)
+        uid_lease = identity.lease(profile.uids_dir) if profile.drop_uid else None
+        uid = uid_lease.uid if uid_lease else os.getuid()
+        channels = {"status_fd": pipes.write_fds["status"], "result_fd": pipes.write_fds["result"]}
+        paths = _prepare(job, limits, profile, run_dir, channels, uid)
         if profile.cgroups is not None:
             # the private tmpfs is memory charged to this cgroup: give it room on top of the memory budget
             memory = (limits.memory_mb + (limits.disk_mb if profile.bwrap else 0)) << 20
             cgroups = profile.cgroups.create(uuid.uuid4().hex[:12], memory, limits.max_pids, limits.cpus)
         seccomp_fd = os.open(profile.seccomp_path, os.O_RDONLY) if profile.bwrap and profile.seccomp_path else None
-        argv, env, cwd = _argv(paths, limits, profile, cgroups, seccomp_fd)
-        with open(os.path.join(run_dir, "stdout"), "wb") as out, open(os.path.join(run_dir, "stderr"), "wb") as err:
-            proc = sandbox_spawner.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                                         cwd=cwd, start_new_session=True, close_fds=True,
-                                         pass_fds=tuple(channels.values()) + ((seccomp_fd,) if seccomp_fd else ()))
-        for fd in [*channels.values(), seccomp_fd]:
-            if fd is not None:
-                os.close(fd)
-        channels, seccomp_fd = {}, None
-        timed_out = not _wait_exit(proc, limits.timeout_s)
-        _kill_tree(proc, cgroups)  # unconditionally: setsid escapees must not touch the channels while we read
+        argv, env, cwd = _argv(paths, limits, profile, cgroups, seccomp_fd, uid)
+        proc = sandbox_spawner.popen(argv, stdin=subprocess.DEVNULL, stdout=pipes.write_fds["stdout"],
+                                     stderr=pipes.write_fds["stderr"], env=env, cwd=cwd, start_new_session=True,
+                                     close_fds=True,
+                                     pass_fds=tuple(channels.values()) + ((seccomp_fd,) if seccomp_fd else ()))
+        pipes.close_write_ends()
+        timed_out = not _wait_exit(proc, limits.timeout_s, pipes)
+        _kill_tree(proc, cgroups)  # unconditionally: setsid escapees must not write to the channels while we read
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        outcome = _classify(paths, limits, job, proc.returncode, timed_out, cgroups)
+        pipes.drain()
+        outcome = _classify(pipes, limits, job, proc.returncode, timed_out, cgroups)
         outcome.cpu_throttled_s = cgroups.cpu_throttled_s() if cgroups is not None else 0.0
-        outcome.stdout_tail = read_tail(run_dir, "stdout", limits.tail_chars)
-        outcome.stderr_tail = read_tail(run_dir, "stderr", limits.tail_chars)
+        outcome.stdout_tail = pipes.text("stdout", limits.tail_chars)
+        outcome.stderr_tail = pipes.text("stderr", limits.tail_chars)
     finally:
-        for fd in [*channels.values(), seccomp_fd]:
-            if fd is not None:
-                os.close(fd)
+        pipes.close()
+        if seccomp_fd is not None:
+            os.close(seccomp_fd)
         if cgroups is not None:
             cgroups.destroy()
+        if uid_lease is not None:  # without a cgroup kill or a pid namespace, its uid finds the whole tree
+            uid_lease.release(sweep=not (profile.bwrap or (cgroups is not None and cgroups.support.tree_kill)))
         remove_tree(run_dir)  # never raises; what it cannot delete, the reaper deletes after we are gone
     outcome.wall_s = time.perf_counter() - t0
     return outcome
 
 
-def _classify(paths: cmd.RunPaths, limits: Limits, job: SandboxJob, rc: int | None, timed_out: bool,
+def _classify(pipes: OutputPipes, limits: Limits, job: SandboxJob, rc: int | None, timed_out: bool,
               cgroups) -> SandboxOutcome:
     """Decide the status before looking at any result: timeout -> oom -> crash -> result."""
     pids_hit = bool(cgroups and cgroups.pids_limit_hits())
@@ -287,8 +311,12 @@ def _classify(paths: cmd.RunPaths, limits: Limits, job: SandboxJob, rc: int | No
     if cgroups is not None and cgroups.oom_kills() > 0:
         return SandboxOutcome("oom", f"killed by the {limits.memory_mb} MB memory limit (+{limits.disk_mb} MB for its "
                                      "files: tmpfs pages and inodes are memory)", **base)
+    if "result" in pipes.over_cap:  # only the program itself writes past the cap: the runner checks it first
+        return SandboxOutcome("invalid", f"unusable result: over the {limits.max_result_bytes} byte cap", **base)
     try:
-        raw = read_capped(paths.run_dir, STATUS_FILE, STATUS_CAP)
+        if "status" in pipes.over_cap:
+            raise ChannelError(f"over the {STATUS_CAP} byte cap")
+        raw = bytes(pipes.data["status"])
         status = parse_json(raw) if raw else None
     except ChannelError as e:
         return SandboxOutcome("runtime_error", f"unreadable status report ({e})", **base)
@@ -310,18 +338,19 @@ def _classify(paths: cmd.RunPaths, limits: Limits, job: SandboxJob, rc: int | No
                   "encode": "the return value is not plain data", "setup": "sandbox setup failed", "write": "could not hand over the result",
                   "import": "the program raised while loading", "call": "the program raised"}.get(phase, phase)
         return SandboxOutcome(kind, f"{prefix}: {error}", **base)
-    return _read_result(paths, limits, job.result, base)
+    return _read_result(bytes(pipes.data["result"]), job.result, limits, base)
 
 
-def _read_result(paths: cmd.RunPaths, limits: Limits, result_format: str, base: dict) -> SandboxOutcome:
-    """Only the channel of the format that was asked for is read (empty = no result)."""
-    name = "result.json" if result_format == "json" else "result.npz"
+def _read_result(data: bytes, result_format: str, limits: Limits, base: dict) -> SandboxOutcome:
+    """The result channel's bytes as data of the format that was asked for (empty = no result)."""
+    if not data:
+        return SandboxOutcome("invalid", "the program reported success but left no result", **base)
     try:
-        data = read_capped(paths.run_dir, name, limits.max_result_bytes)
-        if not data:
-            return SandboxOutcome("invalid", "the program reported success but left no result", **base)
         if result_format == "json":
             return SandboxOutcome("ok", value=parse_json(data), **base)
         return SandboxOutcome("ok", arrays=parse_npz(data, limits.max_result_bytes), **base)
     except ChannelError as e:
         return SandboxOutcome("invalid", f"unusable result: {e}", **base)
+    except Exception as e:  # noqa: BLE001 -- a parser bug the fuzz tests missed: still the program's verdict
+        return SandboxOutcome("invalid", f"unusable result: the parser failed on it ({type(e).__name__}: "
+                                         f"{str(e)[:200]})", **base)

@@ -29,6 +29,7 @@ class SandboxProfile:
     seccomp_path: str | None = None
     runner_path: str = ""
     runs_dir: str = ""
+    uids_dir: str = ""  # the lease files of the per-evaluation uids (drop_uid)
     off: dict = field(default_factory=dict)
 
     @property

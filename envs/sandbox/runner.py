@@ -12,8 +12,9 @@ re-validates every byte (envs/sandbox/result_channel.py) and computes scores its
   3. converts the return value into plain data: npz (numeric arrays, no pickle) or JSON (no NaN/Infinity),
      written to the result channel;
   4. writes the status last, with the phase that failed and a short error (and errno) if any.
-The channels are two host files the parent created and passed as inherited fds (numbers in call.json): the
-program gets no host directory it could fill with files, and each fd is capped by RLIMIT_FSIZE.
+The channels are two pipes the parent created and passed as inherited fds (numbers in call.json), as are
+stdout and stderr: the program gets no host file or directory it could grow, and the parent reads each pipe
+up to a cap. A program that writes to a channel itself only spoils its own result.
 """
 
 import json
@@ -24,11 +25,10 @@ PHASES = ("setup", "compile", "import", "entry", "call", "encode")
 
 
 def _write_channel(fd, data):
-    """Replace the whole content of a channel fd (the program may have written to it too)."""
-    os.ftruncate(fd, 0)
-    view, offset = memoryview(data), 0
-    while offset < len(view):
-        offset += os.pwrite(fd, view[offset:], offset)
+    """All of `data` to a channel pipe (the parent reads it while we write)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _error_text(exc):

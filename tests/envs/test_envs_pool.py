@@ -52,6 +52,27 @@ class HangingEnv(Env):
         return VerifyResult(status="ok", reward=1.0)
 
 
+@dataclass
+class UnisolatedHostEnv(Env):
+    """A program task on a worker whose host cannot keep the run's isolation level (as run_sandboxed raises there)."""
+
+    def statement(self) -> str:
+        return "isolation"
+
+    def parse(self, completion):
+        return completion
+
+    def limits(self):  # what marks a task that runs programs (ProgramEnv)
+        from envs.sandbox import Limits
+
+        return Limits()
+
+    def verify(self, answer, state):
+        from envs.sandbox.isolation import IsolationError, current_level
+
+        raise IsolationError(current_level(), "no network, ...: install bubblewrap", "minimal")
+
+
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_AUTH_MODE")}
@@ -110,12 +131,27 @@ def test_ray_pool_backstop_force_cancels_a_hung_task(local_ray):
     assert time.monotonic() - t0 < 30
 
 
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_a_worker_that_cannot_keep_the_isolation_level_stops_the_caller(backend, local_ray):
+    """Not a failed answer (reward 0 for every program, the run going on): the caller gets the one-line error,
+    with the level the pool asked for, from wherever the evaluation ran."""
+    from envs.sandbox.isolation import IsolationError
+
+    pool = VerifierPool(UnisolatedHostEnv(), backend=backend, num_cpus=2, isolation="namespaces")
+    with pytest.raises(IsolationError, match="^sandbox_isolation=namespaces cannot be kept on this host") as caught:
+        pool.evaluate(["a", "b"], [State(), State()])
+    assert "install bubblewrap" in str(caught.value) and "\n" not in str(caught.value)
+    pool.close()
+
+
 def test_pool_rejects_bad_arguments():
     env = CirclePackingEnv()
     with pytest.raises(ValueError, match="backend"):
         VerifierPool(env, backend="threads")
     with pytest.raises(ValueError, match="2 completions but 1 states"):
         VerifierPool(env, backend="local").evaluate(["a", "b"], [State()])
+    with pytest.raises(ValueError, match="sandbox_isolation must be one of strict, namespaces, minimal"):
+        VerifierPool(env, backend="local", isolation="off")
 
 
 @pytest.mark.parametrize("backend", ["local", "ray"])

@@ -1,51 +1,95 @@
-"""The parent's reader of sandbox outputs: only bounded, regular, pickle-free, finite data gets through."""
+"""The parent's reader of sandbox outputs: only bounded, pickle-free, finite data gets through, from pipes."""
 
 from __future__ import annotations
 
 import io
 import os
+import select
+import time
 
 import numpy as np
 import pytest
 
-from envs.sandbox.result_channel import ChannelError, finite_float_array, parse_json, parse_npz, read_capped, read_tail
+from envs.sandbox.result_channel import ChannelError, OutputPipes, finite_float_array, parse_json, parse_npz
+from result_forge import npy_bytes, npz_bytes, saved, zip64_extra, zip_bytes
 
 
-def npz_bytes(**arrays) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+def stored_npz(**members: bytes) -> bytes:
+    return zip_bytes([(name + ".npy", raw) for name, raw in members.items()])
 
 
-def test_read_capped_reads_regular_files_and_reports_absence(tmp_path):
-    (tmp_path / "a").write_bytes(b"hello")
-    assert read_capped(str(tmp_path), "a", 5) == b"hello"
-    assert read_capped(str(tmp_path), "missing", 5) is None
+def collect(pipes: OutputPipes, writes: dict[str, bytes], keep_open: bool = False) -> None:
+    """Write to the pipes as a program would (from a thread: a pipe holds 64 KiB), then read like the parent."""
+    import threading
+
+    fds = {name: os.dup(fd) for name, fd in pipes.write_fds.items()}
+    pipes.close_write_ends()
+
+    def writer():
+        for name, data in writes.items():
+            try:
+                _write_all(fds[name], data)
+            except BrokenPipeError:  # the parent closed its end at the cap
+                pass
+        if not keep_open:
+            for fd in fds.values():
+                os.close(fd)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while pipes.read_fds and time.monotonic() < deadline:
+        ready, _, _ = select.select(pipes.read_fds, [], [], 0.05)
+        for fd in ready:
+            pipes.read(fd)
+        if keep_open and not thread.is_alive():
+            break
+    thread.join()
+    pipes.drain()
+    if keep_open:
+        for fd in fds.values():
+            os.close(fd)
 
 
-@pytest.mark.parametrize("kind,reason", [("symlink", "cannot open safely"), ("fifo", "not a regular file"),
-                                         ("big", "over the"), ("dir", "not a regular file")])
-def test_read_capped_refuses_hostile_files(tmp_path, kind, reason):
-    target = tmp_path / "result"
-    if kind == "symlink":
-        (tmp_path / "secret").write_text("secret")
-        os.symlink(tmp_path / "secret", target)
-    elif kind == "fifo":
-        os.mkfifo(target)  # opening must not block
-    elif kind == "big":
-        with open(target, "wb") as f:
-            f.truncate(10 << 20)  # sparse: large size, no data
-    else:
-        target.mkdir()
-    with pytest.raises(ChannelError, match=reason):
-        read_capped(str(tmp_path), "result", 1 << 20)
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
-def test_read_tail_returns_only_the_end(tmp_path):
-    (tmp_path / "log").write_text("x" * 1000 + "THE END")
-    assert read_tail(str(tmp_path), "log", 7) == "THE END"
-    os.symlink(tmp_path / "log", tmp_path / "link")
-    assert read_tail(str(tmp_path), "link", 7) == ""
+def test_output_pipes_keep_everything_up_to_the_cap_and_logs_as_tails():
+    pipes = OutputPipes({"result": 1 << 20, "stdout": 1 << 20, "status": 100}, tails={"stdout": 7})
+    try:
+        collect(pipes, {"result": b"r" * 300_000, "stdout": b"x" * 1000 + b"THE END", "status": b'{"ok": true}'})
+        assert bytes(pipes.data["result"]) == b"r" * 300_000 and pipes.text("stdout", 7) == "THE END"
+        assert bytes(pipes.data["status"]) == b'{"ok": true}' and not pipes.over_cap and not pipes.read_fds
+    finally:
+        pipes.close()
+
+
+def test_output_pipes_stop_reading_past_the_cap():
+    """Past its cap an output is closed (the writer gets EPIPE) and marked, never read without end."""
+    pipes = OutputPipes({"result": 1000, "stdout": 4096}, tails={"stdout": 10})
+    try:
+        collect(pipes, {"result": bytes(5 << 20), "stdout": b"y" * (1 << 20)})
+        assert pipes.over_cap == {"result", "stdout"}
+        assert len(pipes.data["result"]) == 1000 and pipes.received["result"] == 1001
+        assert pipes.received["stdout"] == 4097 and pipes.text("stdout", 10) == "y" * 10
+    finally:
+        pipes.close()
+
+
+def test_output_pipes_drain_without_waiting_for_a_writer_that_never_closes():
+    """A descendant of the program that still holds a pipe (a setsid escapee) cannot make the parent wait."""
+    pipes = OutputPipes({"status": 100, "result": 100})
+    try:
+        t0 = time.monotonic()
+        collect(pipes, {"status": b"done"}, keep_open=True)
+        assert bytes(pipes.data["status"]) == b"done" and pipes.data["result"] == b""
+        assert time.monotonic() - t0 < 5 and len(pipes.read_fds) == 2  # still open: no EOF came
+    finally:
+        pipes.close()
+    assert pipes.read_fds == [] and pipes.write_fds == {}
 
 
 def test_parse_npz_accepts_numeric_members_in_order():
@@ -102,23 +146,6 @@ def test_finite_float_array_checks_type_shape_and_finiteness():
 
 # --- headers that lie about sizes (issue 14 item 3): validated before anything is allocated -------------
 
-def npy_bytes(header: str, body: bytes = b"", version: int = 1) -> bytes:
-    text = header.encode("latin1")
-    text += b" " * (-(len(text) + 11) % 64) + b"\n"
-    size = len(text).to_bytes(2 if version == 1 else 4, "little")
-    return b"\x93NUMPY" + bytes([version, 0]) + size + text + body
-
-
-def stored_npz(**members: bytes) -> bytes:
-    import zipfile
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, raw in members.items():
-            zf.writestr(name + ".npy", raw)
-    return buf.getvalue()
-
-
 TIB64 = 64 << 40
 
 
@@ -147,9 +174,7 @@ def test_parse_npz_checks_npy_headers_before_allocating(raw, reason):
 def test_parse_npz_reads_valid_headers_of_every_layout():
     c = np.arange(12, dtype=np.int32).reshape(3, 4)
     for arr in (c, np.asfortranarray(c), np.zeros((0, 5)), np.float32(2.5), np.array([True, False])):
-        buf = io.BytesIO()
-        np.save(buf, arr)
-        (got,) = parse_npz(stored_npz(r0=buf.getvalue()), 1 << 20)
+        (got,) = parse_npz(stored_npz(r0=saved(arr)), 1 << 20)
         assert got.dtype == np.asarray(arr).dtype and np.array_equal(got, arr) and got.flags.writeable
 
 
@@ -168,3 +193,31 @@ def test_parse_npz_rejects_members_declaring_more_than_the_file():
 def test_parse_json_rejects_overflowing_and_oversized_values(text, reason):
     with pytest.raises(ChannelError, match=reason):
         parse_json(text)
+
+
+# --- four results that raised in the parent instead of coming back as a verdict (issue 23 item 1) ---------
+
+F8 = "{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }"
+
+
+@pytest.mark.parametrize("data,reason", [
+    # ast.literal_eval raised TypeError building the header dict
+    (stored_npz(r0=npy_bytes("{['descr']: 1, 'fortran_order': False, 'shape': (1,)}", b"\0" * 8)), "unreadable header"),
+    # zero bytes of data, but numpy cannot make an array with a dimension of 2**63 (ValueError)
+    (stored_npz(r0=npy_bytes(f"{{'descr': '<f8', 'fortran_order': False, 'shape': (0, {2 ** 63}), }}")),
+     "a dimension past"),
+    # zipfile raised NotImplementedError("zip file version 10.0") while listing the members
+    (zip_bytes([("r0.npy", npy_bytes(F8, b"\0" * 8))], central={0: {"version": 100}}), "version 10.0"),
+    # a zip64 header offset of 2**64-1: BytesIO.seek raised OverflowError
+    (zip_bytes([("r0.npy", npy_bytes(F8, b"\0" * 8))], central={0: {"offset": 0xFFFFFFFF}},
+               extras={0: zip64_extra(2 ** 64 - 1)}), "outside the file"),
+])
+def test_results_that_raised_now_get_a_reason(data, reason):
+    with pytest.raises(ChannelError, match=reason):
+        parse_npz(data, 8 << 20)
+
+
+def test_a_forged_zip_that_is_valid_still_parses():
+    """The forgeries above differ from this one only in the field named."""
+    (got,) = parse_npz(zip_bytes([("r0.npy", npy_bytes(F8, b"\0" * 8))]), 8 << 20)
+    assert got.tolist() == [0.0]

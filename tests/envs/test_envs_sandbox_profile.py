@@ -13,6 +13,7 @@ import pytest
 from envs.sandbox import Limits, SandboxJob, run_sandboxed
 from envs.sandbox import spawner as sandbox_spawner
 from envs.sandbox.detect import detect_profile
+from envs.sandbox.identity import UID_BASE, UID_COUNT
 from envs.sandbox.profile import LAYERS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,20 +28,31 @@ def test_every_layer_is_either_on_or_explained(profile, layers):
 
 
 def test_missing_protections_are_logged_once():
+    """Where a level is kept without some layers (here: minimal, named), what is off is one warning per process;
+    where it is refused, the refusal is the only line (no warning before it)."""
     code = textwrap.dedent("""
-        import logging
+        import logging, sys
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-        from envs.sandbox import run_sandboxed, SandboxJob
+        from envs.sandbox import IsolationError, isolation, run_sandboxed, SandboxJob
         from envs.sandbox.detect import current_profile
         current_profile(); current_profile()
-        for _ in range(2):
-            assert run_sandboxed(SandboxJob("def main():\\n    return 1\\n", "main", result="json")).value == 1
+        try:
+            run_sandboxed(SandboxJob("def main():\\n    return 1\\n", "main", result="json"))
+        except IsolationError as e:
+            print("REFUSED", e, file=sys.stderr)
+        with isolation.level(sys.argv[1]):
+            for _ in range(2):
+                assert run_sandboxed(SandboxJob("def main():\\n    return 1\\n", "main", result="json")).value == 1
     """)
     env = {**os.environ, "TTT_SANDBOX_DISABLE": "seccomp"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code, "minimal"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stderr.splitlines() if "protections OFF" in line]
-    assert len(lines) == 1 and "seccomp (disabled by TTT_SANDBOX_DISABLE)" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("WARNING sandbox_isolation=minimal; protections OFF: ")
+    assert "seccomp (disabled by TTT_SANDBOX_DISABLE)" in lines[0]
+    refused = [line for line in out.stderr.splitlines() if line.startswith("REFUSED")]
+    assert len(refused) == 1 and out.stderr.index("REFUSED") < out.stderr.index("protections OFF")
     bad = subprocess.run([sys.executable, "-c", "from envs.sandbox.detect import current_profile; current_profile()"],
                          cwd=REPO, env={**os.environ, "TTT_SANDBOX_DISABLE": "firewall"}, capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown layers ['firewall']" in bad.stderr
@@ -53,8 +65,8 @@ def test_fallback_without_bwrap_still_isolates_the_user_and_environment(monkeypa
     src = "import os\ndef main():\n    return [os.getuid(), os.environ.get('TTT_TEST_SECRET')]\n"
     out = run_sandboxed(SandboxJob(src, "main", result="json"), Limits(timeout_s=20), profile=fallback)
     assert out.ok and out.value[1] is None
-    if fallback.drop_uid:
-        assert out.value[0] == 65534
+    if fallback.drop_uid:  # an evaluation's own uid, from the reserved range
+        assert UID_BASE <= out.value[0] < UID_BASE + UID_COUNT
 
 
 def test_no_capabilities_even_when_the_uid_drop_is_off(layers):
