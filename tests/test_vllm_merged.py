@@ -74,3 +74,36 @@ def test_unmergeable_adapter_is_refused_with_one_line(merged_sampler, tiny_model
         from inference.vllm_sampler import VLLMSampler
 
         VLLMSampler(tiny_model_path, adapter_mode="fused")
+
+
+def test_the_loop_proves_every_merged_swap(merged_sampler, tmp_path):
+    """The toy demo's loop on the merged engine: every step's new adapter is served (the per-step check and the
+    probe compare the sampler's logprobs with the learner's), and the adapter does move the model."""
+    from trainer.config import compose
+    from trainer.loop import run
+
+    cfg = compose(["+experiment=demo", f"out={tmp_path}", "wandb_mode=disabled", "steps=3", "groups=2",
+                   "group_size=4", "max_tokens=12", "learning_rate=1e-2", "verifier_backend=local"])
+    records = run(cfg, sampler=merged_sampler, log=lambda *_: None)
+    assert [r["adapter_version"] for r in records] == [1, 2, 3]
+    assert all(r["mismatch_max"] < 1e-4 and r["probe_mismatch"] < 1e-4 for r in records)
+    assert records[-1]["grad_norm"] > 0
+
+
+def test_a_discovery_step_starts_the_answer_inside_the_list(merged_sampler, tmp_path):
+    from hydra.utils import instantiate
+
+    from trainer.config import compose
+    from trainer.loop import run
+    from trainer.report import read_jsonl
+    from trainer.rollouts import state_prompt
+
+    cfg = compose(["+experiment=discovery", "model=tiny", f"out={tmp_path}", "wandb_mode=disabled", "steps=1",
+                   "groups=2", "group_size=2", "max_tokens=8"])
+    records = run(cfg, sampler=merged_sampler, log=lambda *_: None)
+    assert records[0]["groups"] == 2 and len(read_jsonl(tmp_path / "rollouts.jsonl")) == 4
+    env, tokenizer = instantiate(cfg.env), merged_sampler.get_tokenizer()
+    prompt = state_prompt(tokenizer, env, env.initial_states()[0])
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": env.prompt(env.initial_states()[0])}],
+                                         add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert prompt == list(chat) + tokenizer.encode("[", add_special_tokens=False)
